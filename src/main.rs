@@ -9,7 +9,11 @@ mod cli;
 mod train;
 
 #[derive(Parser)]
-#[command(name = "comp", version, about = "CoMP: continual multimodal pre-training of vision foundation models")]
+#[command(
+    name = "comp",
+    version,
+    about = "CoMP: continual multimodal pre-training of vision foundation models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

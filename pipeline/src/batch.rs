@@ -61,7 +61,11 @@ impl FillStats {
 }
 
 fn ratio(used: usize, budget: usize) -> f64 {
-    if budget == 0 { 0.0 } else { used as f64 / budget as f64 }
+    if budget == 0 {
+        0.0
+    } else {
+        used as f64 / budget as f64
+    }
 }
 
 impl PackedBatch {
