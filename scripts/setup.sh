@@ -4,7 +4,8 @@
 #    site-packages is the machine-wide cache every clone reuses: `.cargo/config.toml` sets
 #    LIBTORCH_USE_PYTORCH=1, so plain `cargo build` / `cargo test` work with no environment variables, and
 #    build.rs gives the binaries an rpath so they run without LD_LIBRARY_PATH.
-#  - the Python reference oracles some tests compare against (transformers, pyarrow, Pillow).
+#  - the Python reference oracles the tests compare against (transformers, torchvision, pyarrow, Pillow,
+#    tokenizers, safetensors).
 set -euo pipefail
 TORCH_VERSION=2.13.0
 PY=${PYTHON:-python3}
@@ -32,8 +33,15 @@ else
   "$PY" -m pip install --disable-pip-version-check -q "torch==$TORCH_VERSION"
 fi
 
+# transformers' fast (torchvision) Qwen2-VL image processor is a reference in the image tests and bench.
+# torchvision 0.28.0 is the release built against torch 2.13.0; --no-deps keeps torch as installed.
+if ! have_py_pkg torchvision 0.28.0; then
+  echo "setup: installing torchvision==0.28.0 (no deps)"
+  "$PY" -m pip install --disable-pip-version-check -q --no-deps torchvision==0.28.0
+fi
+
 missing=()
-for pkg in transformers pyarrow pillow numpy safetensors; do
+for pkg in transformers tokenizers pyarrow pillow numpy safetensors; do
   have_py_pkg "$pkg" "*" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -65,9 +65,16 @@ fn read_with_pyarrow(source: &str, repeats: usize) -> (f64, u64, u64) {
         .args(["-c", PYARROW, source, &repeats.to_string()])
         .output()
         .expect("python3 with pyarrow");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     (v[0], v[1] as u64, v[2] as u64)
 }
 
@@ -106,7 +113,11 @@ fn main() {
             .map(|_| read_with_crate(&source, read_ahead))
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .unwrap();
-        assert_eq!((rows, bytes), (py_rows, py_bytes), "both read the same data");
+        assert_eq!(
+            (rows, bytes),
+            (py_rows, py_bytes),
+            "both read the same data"
+        );
         println!(
             "comp-datasets (read_ahead {read_ahead}): {:>10.0} rows/s {:>8.1} MB/s",
             rows as f64 / s,

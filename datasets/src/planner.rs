@@ -24,6 +24,9 @@ pub struct WindowPlan {
     pub error: Option<DatasetError>,
 }
 
+/// A shard opened by the planner: its footer and its row-group order this epoch, or why it is unusable.
+type OpenedShard = Result<(Arc<ShardMeta>, Vec<u32>), DatasetError>;
+
 pub struct Planner {
     shared: Arc<Shared>,
     epoch: u64,
@@ -34,7 +37,7 @@ pub struct Planner {
     order: Vec<u32>,
     order_epoch: Option<u64>,
     /// The shard at `shard_pos`, once opened, with its row-group order for this epoch.
-    current: Option<(u64, Result<(Arc<ShardMeta>, Vec<u32>), DatasetError>)>,
+    current: Option<(u64, OpenedShard)>,
     finished: bool,
 }
 

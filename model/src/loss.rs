@@ -51,7 +51,8 @@ pub fn word_prior_probs(
     }
     let min = c.min().double_value(&[]);
     let total = c.sum(Kind::Float).double_value(&[]);
-    if !(min >= 0.0) || !(total > 0.0) || !total.is_finite() {
+    let valid = min >= 0.0 && total > 0.0 && total.is_finite();
+    if !valid {
         return Err(ModelError::Batch(
             "word prior must be non-negative, finite and not all zero".into(),
         ));

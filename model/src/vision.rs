@@ -109,19 +109,22 @@ impl VisionLayer {
             q = apply_rotary(&q, cos, sin);
             k = apply_rotary(&k, cos, sin);
         }
-        let mut a = self
+        let a = self
             .o
             .forward(&packed_attention(&q, &k, &v, cu_seqlens, false));
-        if let Some((s1, _)) = &self.layer_scale {
-            a = a * s1.to_kind(x.kind());
-        }
+        // (not `*=`: an in-place op on a tensor autograd may still need)
+        let a = match &self.layer_scale {
+            Some((s1, _)) => a * s1.to_kind(x.kind()),
+            None => a,
+        };
         let x = x + a;
-        let mut m = self
+        let m = self
             .fc2
             .forward(&self.act.forward(&self.fc1.forward(&self.ln2.forward(&x))));
-        if let Some((_, s2)) = &self.layer_scale {
-            m = m * s2.to_kind(x.kind());
-        }
+        let m = match &self.layer_scale {
+            Some((_, s2)) => m * s2.to_kind(x.kind()),
+            None => m,
+        };
         x + m
     }
 }
@@ -308,8 +311,8 @@ impl VisionTower {
         kind: Kind,
     ) -> Result<Tensor> {
         let cu = self.check_grid(pixel_values.size()[0], grid_thw)?;
-        let mut x = self.patch_embed(pixel_values, kind)?;
-        x = x + self.position_embeddings(grid_thw).to_kind(kind);
+        let mut x = self.patch_embed(pixel_values, kind)?
+            + self.position_embeddings(grid_thw).to_kind(kind);
         let rope_tables = rope.then(|| {
             let (rows, cols) = vision_position_ids(grid_thw, self.cfg.merge_size);
             vision_cos_sin(

@@ -20,8 +20,10 @@ pub mod word_prior;
 
 pub use batch::{Budgets, FillStats, IGNORE_INDEX, PackedBatch, ProcessedSample};
 pub use decode::{ImageError, decode};
+pub use pack::{PackConfig, PackError, Packer};
 pub use patchify::{ProcessedImage, patch_dim, process_image, process_rgb};
 pub use resize::{ImageConfig, ResizePolicy, smart_resize};
-pub use pack::{PackConfig, PackError, Packer};
-pub use tokenize::{CaptionTokenizer, EncodedText, TextConfig, TokenizeError, train_demo_tokenizer};
+pub use tokenize::{
+    CaptionTokenizer, EncodedText, TextConfig, TokenizeError, train_demo_tokenizer,
+};
 pub use word_prior::{WordPrior, WordPriorError};

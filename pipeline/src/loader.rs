@@ -105,6 +105,11 @@ pub struct LoaderBatch {
 pub enum LoaderError {
     #[error(transparent)]
     Dataset(#[from] comp_datasets::DatasetError),
+    #[error("{source} (skipped: {skipped})")]
+    DatasetAfterSkips {
+        source: comp_datasets::DatasetError,
+        skipped: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("no usable sample: all {skipped} samples read so far were skipped ({reasons})")]
@@ -273,6 +278,8 @@ impl Job {
             pool,
             metrics,
         } = self;
+        let shards: Arc<Vec<std::path::PathBuf>> = Arc::new(dataset.shards().to_vec());
+        let shards_for_packer = shards.clone();
         let patch_dim = patch_dim(&image);
         let image_token_id = tokenizer.image_token_id();
         let mut replay_skip: BTreeSet<SampleId> = state.already_emitted.iter().copied().collect();
@@ -294,6 +301,7 @@ impl Job {
                 let tokenizer = tokenizer.clone();
                 let image = image.clone();
                 let metrics = m.clone();
+                let shards = shards.clone();
                 async move {
                     let (sample, at) = match item? {
                         Item::Sample { sample, at } => (sample, at),
@@ -346,7 +354,9 @@ impl Job {
                                 at,
                             )
                         }
-                        Err((reason, msg)) => Processed::Skipped(reason, format!("{id:?}: {msg}")),
+                        Err((reason, msg)) => {
+                            Processed::Skipped(reason, format!("{}: {msg}", where_(&shards, id)))
+                        }
                     })
                 }
             })
@@ -364,7 +374,17 @@ impl Job {
         let mut good = 0u64;
 
         while let Some(p) = processed.next().await {
-            let batches = match p? {
+            let p = p.map_err(|e| match e {
+                // Name what was skipped on the way to a dataset-level failure (e.g. every file bad).
+                LoaderError::Dataset(source) if metrics.total_skipped() > 0 => {
+                    LoaderError::DatasetAfterSkips {
+                        source,
+                        skipped: metrics.skip_examples().join("; "),
+                    }
+                }
+                other => other,
+            })?;
+            let batches = match p {
                 Processed::Skipped(reason, msg) => {
                     metrics.skip(&reason, msg);
                     if good == 0 && metrics.total_skipped() >= 1000 {
@@ -386,7 +406,10 @@ impl Job {
                     match packer.push(*sample) {
                         Ok(batch) => batch.into_iter().collect::<Vec<_>>(),
                         Err(rejected) => {
-                            metrics.skip("too_large_for_budget", format!("{id:?}: {rejected}"));
+                            metrics.skip(
+                                "too_large_for_budget",
+                                format!("{}: {rejected}", where_(&shards_for_packer, id)),
+                            );
                             continue;
                         }
                     }
@@ -408,6 +431,14 @@ impl Job {
             return Err(nothing_usable(&metrics));
         }
         Ok(())
+    }
+}
+
+/// `shard-path:row`, the way every data message names a sample.
+fn where_(shards: &[std::path::PathBuf], id: SampleId) -> String {
+    match shards.get(id.shard as usize) {
+        Some(p) => format!("{}:{}", p.display(), id.row),
+        None => format!("shard {}:{}", id.shard, id.row),
     }
 }
 

@@ -14,11 +14,15 @@ pub fn default_tokenizer() -> Result<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("comp");
-    let path = dir.join(format!("demo-tokenizer-{:016x}.json", crate::util::fnv1a64(DEMO_TOKENIZER_JSON.as_bytes())));
+    let path = dir.join(format!(
+        "demo-tokenizer-{:016x}.json",
+        crate::util::fnv1a64(DEMO_TOKENIZER_JSON.as_bytes())
+    ));
     if !path.exists() {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, DEMO_TOKENIZER_JSON).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, DEMO_TOKENIZER_JSON)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)

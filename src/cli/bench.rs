@@ -31,7 +31,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let mut cfg = LoaderConfig::default();
     cfg.dataset.sources = vec![args.path.clone()];
-    cfg.dataset.columns = args.columns.to_mapping();
+    cfg.dataset.columns = args.columns.mapping();
     cfg.dataset.epochs = Some(args.epochs);
     cfg.image = args.image.to_config(ImageConfig::default())?;
     cfg.text.tokenizer = Some(match args.tokenizer {
@@ -69,15 +69,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tokens = metrics.tokens.load(Ordering::Relaxed);
     let mb = metrics.bytes_read.load(Ordering::Relaxed) as f64 / 1e6;
     println!("data bench: {} ({workers} workers, {secs:.2} s)", args.path);
-    println!("  images        {images} ({:.1} images/s)", images as f64 / secs);
+    println!(
+        "  images        {images} ({:.1} images/s)",
+        images as f64 / secs
+    );
     println!("  encoded bytes {mb:.1} MB ({:.1} MB/s)", mb / secs);
     println!(
         "  pixels        {:.1} MP after resize ({:.2} MP/s)",
         patches as f64 * 196.0 / 1e6,
         patches as f64 * 196.0 / 1e6 / secs
     );
-    println!("  patches       {patches} ({:.0} patches/s)", patches as f64 / secs);
-    println!("  text tokens   {tokens} ({:.0} tokens/s)", tokens as f64 / secs);
+    println!(
+        "  patches       {patches} ({:.0} patches/s)",
+        patches as f64 / secs
+    );
+    println!(
+        "  text tokens   {tokens} ({:.0} tokens/s)",
+        tokens as f64 / secs
+    );
     if batches > 0 {
         println!(
             "  batches       {batches}; mean fill: patches {:.1}%, tokens {:.1}%",

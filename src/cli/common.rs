@@ -42,7 +42,11 @@ impl ImageArgs {
             cfg.temporal_patch_size = v;
         }
         if cfg.min_pixels > cfg.max_pixels {
-            bail!("--min-pixels {} is larger than --max-pixels {}", cfg.min_pixels, cfg.max_pixels);
+            bail!(
+                "--min-pixels {} is larger than --max-pixels {}",
+                cfg.min_pixels,
+                cfg.max_pixels
+            );
         }
         if cfg.temporal_patch_size == 0 {
             bail!("--temporal-patch-size must be at least 1");
@@ -56,27 +60,38 @@ fn parse_triple(s: &str) -> std::result::Result<[f32; 3], String> {
         .split(',')
         .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}")))
         .collect::<std::result::Result<_, _>>()?;
-    <[f32; 3]>::try_from(v).map_err(|v| format!("expected 3 comma-separated numbers, got {}", v.len()))
+    <[f32; 3]>::try_from(v)
+        .map_err(|v| format!("expected 3 comma-separated numbers, got {}", v.len()))
 }
 
-/// Column overrides; without them the columns are detected from the schema.
-#[derive(Args, Debug, Clone, Default)]
+/// 0 means every available core.
+pub fn workers(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// Image/caption column overrides shared by data subcommands.
+#[derive(Args, Clone, Debug, Default)]
 pub struct ColumnArgs {
-    /// Image column (default: detected among image, jpg, png, webp, img).
+    /// Image column (binary or struct<bytes, path>); auto-detected when omitted.
     #[arg(long)]
     pub image_column: Option<String>,
-    /// Caption column (default: detected among caption, text, txt, alt).
+    /// Caption column (string); auto-detected when omitted.
     #[arg(long)]
     pub caption_column: Option<String>,
 }
 
 impl ColumnArgs {
-    pub fn to_mapping(&self) -> ColumnMapping {
-        ColumnMapping { image: self.image_column.clone(), caption: self.caption_column.clone(), layout: None }
+    pub fn mapping(&self) -> ColumnMapping {
+        ColumnMapping {
+            image: self.image_column.clone(),
+            caption: self.caption_column.clone(),
+            layout: None,
+        }
     }
-}
-
-/// 0 means every available core.
-pub fn workers(n: usize) -> usize {
-    if n > 0 { n } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
 }

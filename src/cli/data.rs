@@ -1,9 +1,9 @@
 //! `comp make-demo-data` and `comp data ...`: thin wrappers over `comp_datasets`.
 use std::path::PathBuf;
 
+use super::common::ColumnArgs;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use comp_datasets::ColumnMapping;
 use comp_datasets::demo::{DemoConfig, Split};
 
 #[derive(Args)]
@@ -27,31 +27,12 @@ pub struct MakeDemoDataArgs {
     pub max_side: u32,
 }
 
-/// Image/caption column overrides shared by data subcommands.
-#[derive(Args, Clone, Debug, Default)]
-pub struct ColumnArgs {
-    /// Image column (binary or struct<bytes, path>); auto-detected when omitted.
-    #[arg(long)]
-    pub image_column: Option<String>,
-    /// Caption column (string); auto-detected when omitted.
-    #[arg(long)]
-    pub caption_column: Option<String>,
-}
-
-impl ColumnArgs {
-    pub fn mapping(&self) -> ColumnMapping {
-        ColumnMapping {
-            image: self.image_column.clone(),
-            caption: self.caption_column.clone(),
-            layout: None,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Print shards, rows, row groups, the detected column mapping and a sample of images and captions.
     Inspect(InspectArgs),
+    /// Run the whole loader flat out over the shards and print images/s, MP/s, patches/s, fill and skips.
+    Bench(super::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +74,7 @@ pub fn make_demo_data(args: MakeDemoDataArgs) -> Result<()> {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Inspect(args) => inspect(args),
+        DataCommand::Bench(args) => super::bench::run(args),
     }
 }
 

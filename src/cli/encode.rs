@@ -60,7 +60,11 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             image_cfg.temporal_patch_size
         );
     }
-    let device = if args.cpu { Device::Cpu } else { Device::cuda_if_available() };
+    let device = if args.cpu {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available()
+    };
     let vs = nn::VarStore::new(device);
     let tower = VisionTower::new(vs.root() / "vision", &cfg)?;
     let report = load_hf_vision(&vs, &cfg, &args.vision)?;
@@ -76,20 +80,35 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * args.images.len());
     for (i, path) in args.images.iter().enumerate() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let img = process_image(&bytes, &image_cfg).with_context(|| format!("preprocessing {}", path.display()))?;
+        let img = process_image(&bytes, &image_cfg)
+            .with_context(|| format!("preprocessing {}", path.display()))?;
         let rows = Tensor::from_slice(&img.pixel_values)
             .view([img.num_patches() as i64, cfg.patch_dim()])
             .to_device(device);
         let feats = tower.encode_raster(&rows, &[img.grid_thw], rope)?;
         let [t, h, w] = img.grid_thw;
-        tracing::info!("{}: grid {t}x{h}x{w} -> features [{}, {}]", path.display(), t * h * w, cfg.hidden_size);
-        named.push((format!("features.{i}"), feats[0].to_device(Device::Cpu).contiguous()));
+        tracing::info!(
+            "{}: grid {t}x{h}x{w} -> features [{}, {}]",
+            path.display(),
+            t * h * w,
+            cfg.hidden_size
+        );
+        named.push((
+            format!("features.{i}"),
+            feats[0].to_device(Device::Cpu).contiguous(),
+        ));
         named.push((format!("grid.{i}"), Tensor::from_slice(&img.grid_thw)));
     }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    Tensor::write_safetensors(&named, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {} image feature maps to {}", args.images.len(), args.out.display());
+    Tensor::write_safetensors(&named, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} image feature maps to {}",
+        args.images.len(),
+        args.out.display()
+    );
     Ok(())
 }

@@ -49,21 +49,33 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, None) => None,
     };
     let Some(config_path) = config_path else {
-        let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo"));
-        return run_demo(&DemoOptions { data_dir: args.demo_data.clone(), run_dir, ..Default::default() });
+        let run_dir = args
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs/demo"));
+        return run_demo(&DemoOptions {
+            data_dir: args.demo_data.clone(),
+            run_dir,
+            ..Default::default()
+        });
     };
     if !config_path.exists() {
-        bail!("no config at {} (a run directory holds the config.toml it was started with)", config_path.display());
+        bail!(
+            "no config at {} (a run directory holds the config.toml it was started with)",
+            config_path.display()
+        );
     }
     let mut cfg = TrainConfig::from_file(&config_path)?;
     apply_overrides(&mut cfg, &args)?;
     if let Some(run) = &args.resume {
         cfg.run_dir = run.clone();
     }
-    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("creating {}", cfg.run_dir.display()))?;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("creating {}", cfg.run_dir.display()))?;
     let snapshot = cfg.run_dir.join("config.toml");
     if args.resume.is_none() {
-        std::fs::write(&snapshot, cfg.to_toml()?).with_context(|| format!("writing {}", snapshot.display()))?;
+        std::fs::write(&snapshot, cfg.to_toml()?)
+            .with_context(|| format!("writing {}", snapshot.display()))?;
     }
     let prior = crate::train::demo::word_prior_for(&cfg)?;
     let mut trainer = Trainer::new(cfg, Some(prior))?;

@@ -32,8 +32,17 @@ pub struct DemoReport {
 
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "[demo] linear probes on {} held-out images (test accuracy; majority-class baseline in brackets)", self.rows)?;
-        let attrs: Vec<String> = self.results.values().next().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        writeln!(
+            f,
+            "[demo] linear probes on {} held-out images (test accuracy; majority-class baseline in brackets)",
+            self.rows
+        )?;
+        let attrs: Vec<String> = self
+            .results
+            .values()
+            .next()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         write!(f, "  {:<10} {:<14}", "vfm", "resolution")?;
         for a in &attrs {
             write!(f, " {a:>16}")?;
@@ -43,7 +52,12 @@ impl fmt::Display for DemoReport {
             write!(f, "  {model:<10} {res:<14}")?;
             for a in &attrs {
                 let r = &m[a];
-                write!(f, " {:>7.1}% [{:>4.1}%]", 100.0 * r.test_accuracy, 100.0 * r.majority_baseline)?;
+                write!(
+                    f,
+                    " {:>7.1}% [{:>4.1}%]",
+                    100.0 * r.test_accuracy,
+                    100.0 * r.majority_baseline
+                )?;
             }
             writeln!(f)?;
         }
@@ -64,7 +78,11 @@ fn labels(rows: &[DemoRow]) -> BTreeMap<String, (Vec<i64>, i64)> {
         let mut classes: Vec<&String> = values.iter().collect();
         classes.sort();
         classes.dedup();
-        let index: BTreeMap<&String, i64> = classes.iter().enumerate().map(|(i, c)| (*c, i as i64)).collect();
+        let index: BTreeMap<&String, i64> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, i as i64))
+            .collect();
         let ids = values.iter().map(|v| index[v]).collect();
         out.insert(name.to_string(), (ids, classes.len() as i64));
     }
@@ -72,49 +90,82 @@ fn labels(rows: &[DemoRow]) -> BTreeMap<String, (Vec<i64>, i64)> {
 }
 
 /// Mean-pooled ViT features `[n, D]` of `rows` preprocessed with `image_cfg`, a few images per forward.
-pub fn vfm_features(model: &CompModel, rows: &[DemoRow], image_cfg: &ImageConfig, rope: bool, device: Device) -> Result<Tensor> {
+pub fn vfm_features(
+    model: &CompModel,
+    rows: &[DemoRow],
+    image_cfg: &ImageConfig,
+    rope: bool,
+    device: Device,
+) -> Result<Tensor> {
     let mut feats = Vec::new();
     for chunk in rows.chunks(16) {
         let mut pixels = Vec::new();
         let mut grids = Vec::new();
         for r in chunk {
-            let img = process_image(&r.image, image_cfg).with_context(|| format!("preprocessing {}", r.path))?;
+            let img = process_image(&r.image, image_cfg)
+                .with_context(|| format!("preprocessing {}", r.path))?;
             pixels.extend_from_slice(&img.pixel_values);
             grids.push(img.grid_thw);
         }
         let dim = comp_pipeline::patchify::patch_dim(image_cfg) as i64;
-        let pv = Tensor::from_slice(&pixels).reshape([-1, dim]).to_device(device);
-        feats.push(model.image_embeddings(&pv, &grids, rope)?.to_device(Device::Cpu));
+        let pv = Tensor::from_slice(&pixels)
+            .reshape([-1, dim])
+            .to_device(device);
+        feats.push(
+            model
+                .image_embeddings(&pv, &grids, rope)?
+                .to_device(Device::Cpu),
+        );
     }
     Ok(Tensor::cat(&feats, 0))
 }
 
 /// Probe the stage-0 VFM (from its saved model) and the CoMP-trained one (in `comp`).
 pub fn compare_demo_vfms(stage0_model: &Path, comp: &Trainer, n_rows: usize) -> Result<DemoReport> {
-    let eval_cfg = DemoConfig { split: Split::Eval, rows: n_rows, ..Default::default() };
-    let rows: Vec<DemoRow> = (0..n_rows).map(|i| generate_row(&eval_cfg, i)).collect::<Result<_, _>>()?;
+    let eval_cfg = DemoConfig {
+        split: Split::Eval,
+        rows: n_rows,
+        ..Default::default()
+    };
+    let rows: Vec<DemoRow> = (0..n_rows)
+        .map(|i| generate_row(&eval_cfg, i))
+        .collect::<Result<_, _>>()?;
     let labels = labels(&rows);
 
-    let mut vs0 = nn::VarStore::new(comp.device);
+    let vs0 = nn::VarStore::new(comp.device);
     let stage0 = CompModel::new(vs0.root(), &comp.model.cfg)?;
-    comp_model::checkpoint::load_ours(&mut vs0, stage0_model)?;
+    comp_model::checkpoint::load_checkpoint(&vs0, stage0_model)?;
 
     let native = ImageConfig {
         max_pixels: demo::MAX_VISUAL_TOKENS as usize * 28 * 28,
         resize: ResizePolicy::Native,
         ..ImageConfig::default()
     };
-    let square = ImageConfig { resize: ResizePolicy::FixedSquare { size: demo::STAGE0_SIDE }, ..native.clone() };
-    let mut report = DemoReport { rows: n_rows, ..Default::default() };
-    let settings: [(&str, &CompModel, bool); 2] = [("stage-0", &stage0, false), ("CoMP", &comp.model, true)];
+    let square = ImageConfig {
+        resize: ResizePolicy::FixedSquare {
+            size: demo::STAGE0_SIDE,
+        },
+        ..native.clone()
+    };
+    let mut report = DemoReport {
+        rows: n_rows,
+        ..Default::default()
+    };
+    let settings: [(&str, &CompModel, bool); 2] =
+        [("stage-0", &stage0, false), ("CoMP", &comp.model, true)];
     for (name, model, rope) in settings {
         for (res, cfg) in [("native", &native), ("fixed-square", &square)] {
             let x = vfm_features(model, &rows, cfg, rope, comp.device)?;
             let mut per = BTreeMap::new();
             for (attr, (y, n_classes)) in &labels {
-                per.insert(attr.clone(), linear_probe(&x, y, *n_classes, &ProbeConfig::default())?);
+                per.insert(
+                    attr.clone(),
+                    linear_probe(&x, y, *n_classes, &ProbeConfig::default())?,
+                );
             }
-            report.results.insert((name.to_string(), res.to_string()), per);
+            report
+                .results
+                .insert((name.to_string(), res.to_string()), per);
         }
     }
     Ok(report)

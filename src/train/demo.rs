@@ -92,7 +92,7 @@ pub fn prepare_demo_data(dir: &Path, rows: usize) -> Result<DemoData> {
                 ..Default::default()
             },
         )?;
-        let prior = WordPrior::from_captions(&tok, captions.iter().map(|s| s.as_str()))?;
+        let (prior, _empty) = WordPrior::from_captions(captions.iter(), &tok)?;
         prior.save(&word_prior)?;
     }
     Ok(DemoData {
@@ -143,7 +143,9 @@ pub fn word_prior_for(cfg: &TrainConfig) -> Result<Tensor> {
                 for src in &cfg.data.dataset.sources {
                     captions.extend(read_captions(src)?);
                 }
-                WordPrior::from_captions(&tok, captions.iter().map(|s| s.as_str()))?.save(&path)?;
+                WordPrior::from_captions(captions.iter(), &tok)?
+                    .0
+                    .save(&path)?;
             }
             path
         }

@@ -98,7 +98,24 @@ impl Trainer {
         tch::set_num_threads(threads as i32);
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = CompModel::new(vs.root(), &cfg.model.config)?;
+        let mut model_cfg = cfg.model.config.clone();
+        // Real checkpoints bring their own sizes; our C-RoPE settings stay as configured.
+        if let Some(dir) = &cfg.model.vision_checkpoint {
+            let hf = comp_model::checkpoint::vision_config_from_dir(dir)?;
+            model_cfg.vision = comp_model::VisionConfig {
+                pos_interp: model_cfg.vision.pos_interp,
+                raster_pos_compat: model_cfg.vision.raster_pos_compat,
+                rope: model_cfg.vision.rope,
+                rope_theta: model_cfg.vision.rope_theta,
+                merge_size: model_cfg.vision.merge_size,
+                temporal_patch_size: model_cfg.vision.temporal_patch_size,
+                ..hf
+            };
+        }
+        if let Some(dir) = &cfg.model.llm_checkpoint {
+            model_cfg.llm = comp_model::checkpoint::llm_config_from_dir(dir)?;
+        }
+        let model = CompModel::new(vs.root(), &model_cfg)?;
         let mut trainer = Self {
             checkpointer: Checkpointer::new(&cfg.run_dir, cfg.keep_checkpoints)?,
             metrics: None,
@@ -116,15 +133,18 @@ impl Trainer {
     fn load_initial_weights(&mut self) -> Result<()> {
         let src = self.cfg.model.clone();
         if let Some(dir) = &src.vision_checkpoint {
-            comp_model::checkpoint::load_hf_vision(&mut self.vs, &self.model, dir)
-                .with_context(|| format!("loading the vision tower from {}", dir.display()))?;
+            let report =
+                comp_model::checkpoint::load_hf_vision(&self.vs, &self.model.cfg.vision, dir)
+                    .with_context(|| format!("loading the vision tower from {}", dir.display()))?;
+            tracing::info!("vision tower from {}: {report:?}", dir.display());
         }
         if let Some(dir) = &src.llm_checkpoint {
-            comp_model::checkpoint::load_hf_qwen2(&mut self.vs, &self.model, dir)
+            let report = comp_model::checkpoint::load_hf_llm(&self.vs, &self.model.cfg.llm, dir)
                 .with_context(|| format!("loading the LLM from {}", dir.display()))?;
+            tracing::info!("LLM from {}: {report:?}", dir.display());
         }
         if let Some(file) = &src.init {
-            comp_model::checkpoint::load_ours(&mut self.vs, file)
+            comp_model::checkpoint::load_checkpoint(&self.vs, file)
                 .with_context(|| format!("loading initial weights from {}", file.display()))?;
         }
         Ok(())
@@ -133,9 +153,15 @@ impl Trainer {
     /// Run every stage from the start, or from the latest good checkpoint when `resume` is set.
     pub fn run(&mut self, resume: bool) -> Result<RunSummary> {
         let mut state = TrainState {
+            stage_index: 0,
+            stage_name: String::new(),
+            step_in_stage: 0,
+            global_step: 0,
+            skipped_steps: 0,
             seed: self.cfg.seed,
+            rng: serde_json::Value::Null,
+            loader: serde_json::Value::Null,
             config_hash: self.cfg.hash(),
-            ..Default::default()
         };
         let mut loader_state: Option<LoaderState> = None;
         let mut optim_restore = None;
@@ -197,7 +223,7 @@ impl Trainer {
             busy += out.total;
             final_loss = out.last_loss;
         }
-        super::plot::write_loss_curves(
+        super::plot::plot_from_metrics_file(
             &self.cfg.run_dir.join("metrics.jsonl"),
             &self.cfg.run_dir.join("loss_curves.png"),
         )?;
@@ -220,13 +246,13 @@ impl Trainer {
 
     /// Save every model tensor (our names) to one safetensors file.
     pub fn save_model(&self, path: &Path) -> Result<()> {
-        comp_model::checkpoint::save_ours(&self.vs, path)
+        comp_model::checkpoint::save_checkpoint(&self.vs, path)
             .with_context(|| format!("saving {}", path.display()))
     }
 
     /// Write the vision tower with Hugging Face names plus its config (C-RoPE settings included).
     pub fn export_vfm(&self, dir: &Path) -> Result<()> {
-        comp_model::checkpoint::export_vision(&self.vs, &self.model, dir)
+        comp_model::checkpoint::export_vision(&self.vs, &self.model.cfg.vision, dir)
             .with_context(|| format!("exporting the vision tower to {}", dir.display()))
     }
 
@@ -242,9 +268,13 @@ impl Trainer {
         let by_part = self.model.parameters_by_part(&self.vs);
         let mut groups = Vec::new();
         for part in Part::ALL {
-            let params = by_part
+            let params: Vec<(String, Tensor)> = by_part
                 .get(&to_model_part(part))
-                .cloned()
+                .map(|v| {
+                    v.iter()
+                        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             let lr = stage.lr.get(part);
             set_trainable(params.iter().map(|(_, t)| t), lr.is_some());
@@ -387,7 +417,7 @@ impl Trainer {
                     state,
                 })?;
                 if state.step_in_stage % (self.cfg.checkpoint_every.max(1) * 4) == 0 {
-                    let _ = super::plot::write_loss_curves(
+                    let _ = super::plot::plot_from_metrics_file(
                         &self.cfg.run_dir.join("metrics.jsonl"),
                         &self.cfg.run_dir.join("loss_curves.png"),
                     );
@@ -427,9 +457,17 @@ fn to_model_part(part: Part) -> comp_model::Part {
 /// on average, which the budgets bound from above. The cosine schedule only needs its length.
 fn estimate_epoch_steps(loader: &LoaderConfig, stage: &StageConfig) -> Result<u64> {
     let dataset = comp_datasets::Dataset::open(loader.dataset.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut rows = 0u64;
     for shard in dataset.shards() {
-        rows += comp_datasets::read_shard_summary(shard)
+        // Unreadable shards are the loader's to report; here they just hold no rows.
+        rows += rt
+            .block_on(comp_datasets::read_shard_summary(
+                shard,
+                &loader.dataset.columns,
+            ))
             .map(|s| s.rows)
             .unwrap_or(0);
     }
@@ -437,8 +475,7 @@ fn estimate_epoch_steps(loader: &LoaderConfig, stage: &StageConfig) -> Result<u6
         StageLength::Epochs(n) => n as u64,
         StageLength::Steps(n) => return Ok(n),
     };
-    let per_batch =
-        loader.pack.budgets.max_images.max(1) as u64 * stage.grad_accumulation.max(1) as u64;
+    let per_batch = loader.pack.max_images.max(1) as u64 * stage.grad_accumulation.max(1) as u64;
     Ok((rows * epochs).div_ceil(per_batch).max(1) / loader.dataset.world_size.max(1) as u64)
 }
 

@@ -125,7 +125,7 @@ pub struct DemoRow {
 /// Generate row `index` of `split` (pure function of its arguments).
 pub fn generate_row(cfg: &DemoConfig, index: usize) -> Result<DemoRow, DemoError> {
     let split_tag = match cfg.split {
-        Split::Train => 0x7472_6169_6e,
+        Split::Train => 0x0074_7261_696e,
         Split::Eval => 0x6576_616c,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(mix(&[cfg.seed, split_tag, index as u64]));

@@ -279,11 +279,19 @@ pub fn render(scene: &Scene, rng: &mut impl RngCore) -> Vec<u8> {
     let (w, h) = (scene.width as usize, scene.height as usize);
     let mut px = vec![0u8; w * h * 3];
     let bg = scene.background.rgb;
+    // Per-pixel noise from a xorshift seeded by `rng`: a ChaCha draw per pixel is needlessly slow.
+    let mut state = rng.next_u64() | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 17) as i32 - 8
+    };
     for y in 0..h {
         for x in 0..w {
             let delta: i32 = match scene.background.texture {
                 Texture::Plain => 0,
-                Texture::Noise => rng.random_range(-8..=8),
+                Texture::Noise => noise(),
                 Texture::Gradient => ((x + y) as f32 / (w + h) as f32 * 30.0) as i32 - 15,
             };
             let i = (y * w + x) * 3;

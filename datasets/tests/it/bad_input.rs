@@ -54,7 +54,7 @@ fn every_good_row_of_the_mixed_file_arrives_and_bad_rows_are_skipped_by_reason()
 
 #[test]
 fn each_bad_file_is_reported_and_the_good_files_keep_streaming() {
-    for (bad, why) in BAD_FILES {
+    for (bad, _) in BAD_FILES {
         let good = fixture("hf_style.parquet");
         let bad_path = fixture(bad);
         let keys = collect(config(&[&good, &bad_path]));
@@ -74,7 +74,6 @@ fn each_bad_file_is_reported_and_the_good_files_keep_streaming() {
             keys.iter().any(|k| matches!(k, Key::Skip { id, .. } if *id == SampleId { shard: bad_shard, row: 0 })),
             "{bad}: the skip names the bad shard"
         );
-        let _ = why;
     }
 }
 
@@ -169,4 +168,25 @@ fn non_utf8_binary_captions_are_skipped_as_invalid_utf8() {
             (2, "empty_caption".to_string())
         ]
     );
+}
+
+#[test]
+fn footers_are_opened_lazily_as_the_walk_reaches_them() {
+    // Discovery never opens a file, and in strict mode a bad shard late in the order fails only when
+    // the walk reaches it: every row of the earlier good shard has streamed by then.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("hf_style.parquet"), dir.path().join("a.parquet")).unwrap();
+    std::fs::copy(
+        fixture("bad/not_parquet.parquet"),
+        dir.path().join("z.parquet"),
+    )
+    .unwrap();
+    let mut cfg = config(&[dir.path().to_str().unwrap()]);
+    cfg.strict = true;
+    cfg.shuffle_window = 1;
+    cfg.read_ahead = 1;
+    let keys = collect(cfg);
+    assert_eq!(keys.len(), 65);
+    assert!(keys[..64].iter().all(|k| k.sample_id().is_some()));
+    assert!(matches!(&keys[64], Key::Err(e) if e.contains("z.parquet")));
 }

@@ -171,3 +171,41 @@ fn encode_images_returns_raster_order_features() {
         .unwrap();
     assert_eq!(pooled.size(), vec![2, cfg.vision.hidden_size]);
 }
+
+#[test]
+fn bf16_compute_keeps_f32_master_weights() {
+    let (vs, model, cfg) = tiny();
+    let packed = synthetic_batch(&cfg, &[(4, 4), (2, 6)], 6);
+    let batch = BatchTensors::from_packed(&packed, Device::Cpu).unwrap();
+    let opts = ForwardOptions {
+        compute_kind: Kind::BFloat16,
+        alpha: 0.05,
+        ..ForwardOptions::from_config(&cfg, Device::Cpu)
+    };
+    let out = model.forward(&batch, None, &opts).unwrap();
+    assert_eq!(out.loss.kind(), Kind::Float);
+    let (bf, f32_loss) = (
+        out.dec_loss.double_value(&[]),
+        model
+            .forward(
+                &batch,
+                None,
+                &ForwardOptions {
+                    compute_kind: Kind::Float,
+                    ..opts
+                },
+            )
+            .unwrap()
+            .dec_loss
+            .double_value(&[]),
+    );
+    assert!(
+        (bf - f32_loss).abs() < 0.05 * f32_loss,
+        "bf16 {bf} vs f32 {f32_loss}"
+    );
+    out.loss.backward();
+    let w = &vs.variables()["vision.encoder.layers.0.self_attn.q_proj.weight"];
+    assert_eq!(w.kind(), Kind::Float);
+    assert_eq!(w.grad().kind(), Kind::Float);
+    assert_eq!(w.grad().isfinite().all().int64_value(&[]), 1);
+}
