@@ -82,9 +82,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let summary = trainer.run(args.resume.is_some())?;
     trainer.export_vfm(&summary.run_dir.join("vfm"))?;
     println!(
-        "done: {} steps ({} skipped), final loss {:.4}, data wait {:.2}% of step time; run directory {}",
+        "done: {} steps ({} skipped), {} bad samples skipped, final loss {:.4}, data wait {:.2}% of step time; run directory {}",
         summary.global_steps,
         summary.skipped_steps,
+        summary.data_skipped,
         summary.final_loss,
         100.0 * summary.data_wait_share,
         summary.run_dir.display()

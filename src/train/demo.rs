@@ -169,7 +169,12 @@ pub fn demo_config(data: &DemoData, run_dir: &Path, vocab: i64) -> TrainConfig {
     cfg.data.pack.max_images = 32;
     cfg.data.pack.buffer_size = 64;
     cfg.word_prior = Some(data.word_prior.clone());
-    cfg.model.config = CompConfig::tiny(vocab);
+    let mut model = CompConfig::tiny(vocab);
+    // A little wider and deeper than the test-sized tower, still seconds per hundred steps on a CPU.
+    model.vision.hidden_size = 96;
+    model.vision.num_hidden_layers = 4;
+    model.vision.intermediate_size = 384;
+    cfg.model.config = model;
     cfg.threads = 1;
     cfg.checkpoint_every = 50;
     cfg

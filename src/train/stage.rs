@@ -266,10 +266,10 @@ pub fn comp_stages() -> Vec<StageConfig> {
 
 /// Step counts of the built-in demo (about 10 minutes on 2 CPU cores in total). Tune here.
 pub mod demo {
-    pub const STAGE0_STEPS: u64 = 150;
-    pub const STAGE1_STEPS: u64 = 60;
-    pub const STAGE2_STEPS: u64 = 150;
-    pub const STAGE3_STEPS: u64 = 60;
+    pub const STAGE0_STEPS: u64 = 1200;
+    pub const STAGE1_STEPS: u64 = 200;
+    pub const STAGE2_STEPS: u64 = 1200;
+    pub const STAGE3_STEPS: u64 = 200;
     /// Stage 0's low fixed resolution (8x8 patches of 14 px).
     pub const STAGE0_SIDE: u32 = 112;
     /// Stage 1's fixed resolution, the demo's stand-in for the paper's 392.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use comp_model::{BatchTensors, CompModel, ForwardOptions};
-use comp_pipeline::loader::{Loader, LoaderConfig, LoaderState};
+use comp_pipeline::loader::{Loader, LoaderConfig, LoaderMetrics, LoaderState};
 use comp_pipeline::resize::ResizePolicy;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -29,6 +29,8 @@ pub struct RunSummary {
     pub skipped_steps: u64,
     pub data_wait_share: f64,
     pub final_loss: f64,
+    /// Bad samples the loader skipped (all stages of this invocation; see the per-stage warnings).
+    pub data_skipped: u64,
 }
 
 pub fn select_device(choice: DeviceChoice) -> Result<Device> {
@@ -187,7 +189,12 @@ impl Trainer {
                         state.step_in_stage,
                         state.global_step
                     );
-                    optim_restore = Some(ckpt);
+                    // A checkpoint written at the end of a stage points at the next stage, which has not
+                    // started: like an uninterrupted run, it begins with a fresh optimiser (the saved one
+                    // holds the previous stage's parameter groups) and a fresh loader.
+                    if state.step_in_stage > 0 {
+                        optim_restore = Some(ckpt);
+                    }
                 }
                 None => tracing::info!(
                     "no checkpoint in {}: starting from scratch",
@@ -204,6 +211,7 @@ impl Trainer {
         let mut wait = Duration::ZERO;
         let mut busy = Duration::ZERO;
         let mut final_loss = f64::NAN;
+        let mut data_skipped = 0;
         for (index, stage) in stages.iter().enumerate().skip(state.stage_index) {
             if index > state.stage_index {
                 state.stage_index = index;
@@ -222,6 +230,7 @@ impl Trainer {
             wait += out.wait;
             busy += out.total;
             final_loss = out.last_loss;
+            data_skipped += out.data_skipped;
         }
         super::plot::plot_from_metrics_file(
             &self.cfg.run_dir.join("metrics.jsonl"),
@@ -237,6 +246,7 @@ impl Trainer {
                 wait.as_secs_f64() / busy.as_secs_f64()
             },
             final_loss,
+            data_skipped,
         })
     }
 
@@ -347,7 +357,13 @@ impl Trainer {
                 break;
             }
             let n = micro as f64;
-            let (loss, dec, align) = (loss_sum / n, dec_sum / n, align_sum / n);
+            // No alignment loss in this stage: logged as NaN (null), not as a zero that looks computed.
+            let align = if stage.align() {
+                align_sum / n
+            } else {
+                f64::NAN
+            };
+            let (loss, dec) = (loss_sum / n, dec_sum / n);
             let finite = loss.is_finite() && optim.grads_finite();
             let grad_norm = if finite {
                 optim.clip_grad_norm(stage.grad_clip)
@@ -425,6 +441,7 @@ impl Trainer {
             }
         }
         progress.finish();
+        outcome.data_skipped = report_skips(&stage.name, loader.metrics());
         // The stage is complete: a resume from here starts the next stage with a fresh optimiser.
         state.stage_index = index + 1;
         state.step_in_stage = 0;
@@ -443,6 +460,25 @@ struct StageOutcome {
     wait: Duration,
     total: Duration,
     last_loss: f64,
+    data_skipped: u64,
+}
+
+/// Warns once per stage about the samples the loader skipped: counts by reason and the first few
+/// examples, each naming `shard:row` and the reason. Returns the number skipped.
+fn report_skips(stage: &str, metrics: &LoaderMetrics) -> u64 {
+    let skips = metrics.skips();
+    let total: u64 = skips.values().sum();
+    if total > 0 {
+        let reasons: Vec<String> = skips.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let examples = metrics.skip_examples();
+        let shown: Vec<&str> = examples.iter().take(3).map(String::as_str).collect();
+        tracing::warn!(
+            "stage {stage}: skipped {total} bad samples ({}); e.g. {}",
+            reasons.join(", "),
+            shown.join("; ")
+        );
+    }
+    total
 }
 
 fn to_model_part(part: Part) -> comp_model::Part {
