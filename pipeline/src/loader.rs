@@ -16,8 +16,9 @@
 //! oldest sample still buffered in the packer (or of the next unread sample) plus the ids read since
 //! then that were already emitted. Restoring replays the stream from that cursor, drops those ids, and so
 //! feeds a fresh packer exactly the samples the old one held, in the same order: the batch stream
-//! continues as if never interrupted.
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+//! continues as if never interrupted. (Ids name samples, so exactness assumes an epoch of this rank holds
+//! more samples than the packer can keep waiting; otherwise one sample could sit in the buffer twice.)
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -461,10 +462,9 @@ async fn send(
 
 /// Tracks, in dataset order, what the packer holds so that every emitted batch can carry its resume state.
 struct ResumeTracker {
-    /// Cursor of every sample the packer may still hold.
-    cursors: HashMap<SampleId, Cursor>,
-    /// Ids pulled since the anchor (the oldest buffered sample, or the last pulled one), in order.
-    since_anchor: VecDeque<SampleId>,
+    /// Samples pulled since the anchor (the oldest buffered sample, or the last pulled one), in order,
+    /// with their cursors. A sequence, not a map: in a multi-epoch stream the same id comes back.
+    since_anchor: VecDeque<(SampleId, Cursor)>,
     /// The state after the previous emission, for batches emitted in the middle of a group.
     last: LoaderState,
 }
@@ -477,15 +477,13 @@ impl ResumeTracker {
             ..state
         };
         Self {
-            cursors: HashMap::new(),
             since_anchor: VecDeque::new(),
             last,
         }
     }
 
     fn pulled(&mut self, id: SampleId, at: Cursor) {
-        self.cursors.insert(id, at);
-        self.since_anchor.push_back(id);
+        self.since_anchor.push_back((id, at));
     }
 
     /// Attach states to a group of batches emitted at one point, dropping those a resume must skip.
@@ -524,7 +522,7 @@ impl ResumeTracker {
         let anchor = match buffered.first() {
             Some(oldest) => *oldest,
             None => match self.since_anchor.back() {
-                Some(last) => *last,
+                Some((last, _)) => *last,
                 None => {
                     return LoaderState {
                         batches_emitted,
@@ -533,18 +531,26 @@ impl ResumeTracker {
                 }
             },
         };
-        while self.since_anchor.front().is_some_and(|id| *id != anchor) {
-            let gone = self.since_anchor.pop_front().expect("non-empty");
-            self.cursors.remove(&gone);
+        while self
+            .since_anchor
+            .front()
+            .is_some_and(|(id, _)| *id != anchor)
+        {
+            self.since_anchor.pop_front();
         }
         let held: BTreeSet<SampleId> = buffered.iter().copied().collect();
         LoaderState {
-            replay_from: self.cursors[&anchor].clone(),
+            replay_from: self
+                .since_anchor
+                .front()
+                .expect("the anchor was pulled")
+                .1
+                .clone(),
             already_emitted: self
                 .since_anchor
                 .iter()
+                .map(|(id, _)| *id)
                 .filter(|id| !held.contains(id))
-                .copied()
                 .collect(),
             batches_emitted,
             discard_batches: 0,

@@ -425,14 +425,21 @@ impl Trainer {
                 .append(&record)?;
             progress.update(&record);
             let stage_done = state.step_in_stage >= total_steps;
-            if stage_done || state.step_in_stage % self.cfg.checkpoint_every.max(1) == 0 {
+            if stage_done
+                || state
+                    .step_in_stage
+                    .is_multiple_of(self.cfg.checkpoint_every.max(1))
+            {
                 state.loader = serde_json::to_value(&last_loader_state)?;
                 self.checkpointer.save(&CheckpointData {
                     vs: &self.vs,
                     optim: &optim,
                     state,
                 })?;
-                if state.step_in_stage % (self.cfg.checkpoint_every.max(1) * 4) == 0 {
+                if state
+                    .step_in_stage
+                    .is_multiple_of(self.cfg.checkpoint_every.max(1) * 4)
+                {
                     let _ = super::plot::plot_from_metrics_file(
                         &self.cfg.run_dir.join("metrics.jsonl"),
                         &self.cfg.run_dir.join("loss_curves.png"),

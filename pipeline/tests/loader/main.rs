@@ -122,6 +122,27 @@ fn resume_from_any_batch_equals_the_uninterrupted_stream() {
 }
 
 #[test]
+fn resume_across_epochs_equals_the_uninterrupted_stream() {
+    let d = demo();
+    let mut cfg = config(&d.data, &d.tokenizer, 2);
+    cfg.dataset.epochs = Some(2);
+    let full = collect(cfg.clone(), None);
+    let per_epoch: usize = 160;
+    assert_eq!(
+        full.iter().map(|(b, _)| b.num_samples()).sum::<usize>(),
+        2 * per_epoch
+    );
+    for cut in (0..full.len()).step_by(3) {
+        let resumed = collect(cfg.clone(), Some(full[cut].1.clone()));
+        assert_eq!(
+            ids(&resumed),
+            ids(&full[cut + 1..]),
+            "resume after batch {cut} diverged"
+        );
+    }
+}
+
+#[test]
 fn bad_rows_are_skipped_with_reasons_and_every_good_row_arrives() {
     let d = demo();
     let mut cfg = config(
