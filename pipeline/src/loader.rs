@@ -117,6 +117,8 @@ pub enum LoaderError {
     NothingUsable { skipped: u64, reasons: String },
     #[error("loader config: {0}")]
     Config(String),
+    #[error("the loader stopped unexpectedly (a stage panicked; see the message above)")]
+    Crashed,
     #[error("loader worker pool stopped unexpectedly")]
     PoolGone,
 }
@@ -169,6 +171,9 @@ impl LoaderMetrics {
 /// The running loader. Dropping it stops every stage.
 pub struct Loader {
     rx: mpsc::Receiver<Result<LoaderBatch, LoaderError>>,
+    /// Set when the stages ended normally (end of data or an error they reported).
+    finished: Arc<std::sync::atomic::AtomicBool>,
+    reported_crash: bool,
     metrics: Arc<LoaderMetrics>,
     started: Instant,
     // Kept last so the runtime (and the pool it feeds) shuts down after the receiver is gone.
@@ -208,13 +213,18 @@ impl Loader {
             pool: pool.sender(),
             metrics: metrics.clone(),
         };
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = finished.clone();
         runtime.spawn(async move {
             if let Err(e) = job.run(state, tx.clone()).await {
                 let _ = tx.send(Err(e)).await;
             }
+            done.store(true, Ordering::Release);
         });
         Ok(Self {
             rx,
+            finished,
+            reported_crash: false,
             metrics,
             started: Instant::now(),
             _pool: pool,
@@ -225,10 +235,19 @@ impl Loader {
     /// The next batch, blocking the calling (non-async) thread. `None` at the end of the data.
     pub fn next_blocking(&mut self) -> Option<Result<LoaderBatch, LoaderError>> {
         let item = self.rx.blocking_recv();
-        if item.is_some() {
-            self.metrics.batches_queued.fetch_sub(1, Ordering::Relaxed);
+        match item {
+            Some(_) => {
+                self.metrics.batches_queued.fetch_sub(1, Ordering::Relaxed);
+                item
+            }
+            // The channel closed without the stages finishing: a stage panicked. Never let that pass
+            // for the end of the data.
+            None if !self.finished.load(Ordering::Acquire) && !self.reported_crash => {
+                self.reported_crash = true;
+                Some(Err(LoaderError::Crashed))
+            }
+            None => None,
         }
-        item
     }
 
     pub fn metrics(&self) -> &Arc<LoaderMetrics> {

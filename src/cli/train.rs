@@ -37,12 +37,20 @@ pub struct TrainArgs {
     /// Override how often a checkpoint is written (optimiser steps).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Print the default configuration (the paper's three stages) as TOML and exit: a starting point for
+    /// `--config`.
+    #[arg(long)]
+    pub print_config: bool,
     /// Demo only: where the generated data, tokenizer and word prior live.
     #[arg(long, default_value = "demo-data")]
     pub demo_data: PathBuf,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.print_config {
+        print!("{}", TrainConfig::default().to_toml()?);
+        return Ok(());
+    }
     let config_path = match (&args.config, &args.resume) {
         (Some(c), _) => Some(c.clone()),
         (None, Some(run)) => Some(run.join("config.toml")),

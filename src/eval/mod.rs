@@ -65,10 +65,13 @@ impl fmt::Display for DemoReport {
     }
 }
 
+/// Reads one attribute of a demo scene as a class name.
+type AttributeOf = fn(&DemoRow) -> String;
+
 /// Attribute labels of a demo scene's first group.
 fn labels(rows: &[DemoRow]) -> BTreeMap<String, (Vec<i64>, i64)> {
     let mut out = BTreeMap::new();
-    let extract: [(&str, fn(&DemoRow) -> String); 3] = [
+    let extract: [(&str, AttributeOf); 3] = [
         ("shape", |r| format!("{:?}", r.scene.groups[0].shape)),
         ("colour", |r| r.scene.groups[0].colour.clone()),
         ("count", |r| r.scene.groups[0].count.to_string()),

@@ -334,6 +334,7 @@ impl Checkpointer {
 }
 
 /// [`Checkpointer::load_latest`] for a run directory without keeping a checkpointer around.
+#[cfg(test)]
 pub fn latest_good(run_dir: &Path) -> Result<Option<LoadedCheckpoint>> {
     Checkpointer::new(run_dir, usize::MAX)?.load_latest()
 }

@@ -109,10 +109,6 @@ impl MetricsWriter {
         Self::open(path)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes one line; it reaches the OS before this returns.
     pub fn append(&mut self, m: &StepMetrics) -> Result<()> {
         let mut line = serde_json::to_string(m)?;
@@ -217,6 +213,7 @@ impl StageProgress {
     }
 
     /// Always log lines (for tests and for callers that know better than the terminal check).
+    #[cfg(test)]
     pub fn lines(name: &str, total_steps: u64, log_every: u64) -> Self {
         StageProgress {
             name: name.to_string(),

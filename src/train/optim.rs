@@ -103,18 +103,6 @@ pub fn part_groups(
     .collect()
 }
 
-/// The VarStore's variables whose names start with `prefix`, sorted by name (a stable order keeps the
-/// gradient-norm reduction, and therefore resume, deterministic).
-pub fn named_params_under(vs: &VarStore, prefix: &str) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with(prefix))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Turns gradient tracking on or off; freezing also zeroes any gradient left from an earlier stage.
 pub fn set_trainable<'a>(tensors: impl IntoIterator<Item = &'a Tensor>, trainable: bool) {
     for t in tensors {
@@ -161,11 +149,8 @@ impl AdamW {
         &self.groups
     }
 
-    pub fn config(&self) -> AdamWConfig {
-        self.config
-    }
-
     /// Optimiser steps applied so far (skipped steps not counted).
+    #[cfg(test)]
     pub fn steps_taken(&self) -> u64 {
         self.steps_taken
     }
@@ -224,7 +209,7 @@ impl AdamW {
     }
 
     /// One AdamW update of every parameter that has a gradient, with the learning rate that
-    /// `lr_for_group` returns for each group (typically `schedule.lr(group.peak_lr, step)`).
+    /// `lr_for_group` returns for each group (typically `group.peak_lr * schedule.factor(step)`).
     pub fn step(&mut self, mut lr_for_group: impl FnMut(&ParamGroup) -> f64) {
         let AdamWConfig { beta1, beta2, eps } = self.config;
         tch::no_grad(|| {

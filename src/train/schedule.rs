@@ -51,11 +51,6 @@ impl WarmupCosine {
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
     }
-
-    /// Learning rate at `step` for a group whose peak learning rate is `peak_lr`.
-    pub fn lr(&self, peak_lr: f64, step: u64) -> f64 {
-        peak_lr * self.factor(step)
-    }
 }
 
 #[cfg(test)]

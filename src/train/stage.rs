@@ -140,6 +140,7 @@ impl StageConfig {
             .collect()
     }
 
+    #[cfg(test)]
     pub fn trains(&self, part: Part) -> bool {
         self.lr.get(part).is_some()
     }

@@ -201,27 +201,58 @@ pub const DETERMINISTIC_FIELDS: [&str; 10] = [
     "skipped_steps",
 ];
 
-/// Asserts that two runs logged the same steps with bit-identical deterministic fields.
-pub fn assert_same_metrics(expected: &[MetricLine], got: &[MetricLine], what: &str) {
+/// Asserts that two runs logged the same steps, and that every step after `after_step` (the steps a
+/// resumed run computed itself) has bit-identical deterministic fields. Steps up to `after_step` were
+/// logged before the interruption; `assert_same_metrics_verbatim` checks those too.
+pub fn assert_same_metrics(
+    expected: &[MetricLine],
+    got: &[MetricLine],
+    after_step: u64,
+    what: &str,
+) {
+    let steps = |m: &[MetricLine]| m.iter().map(|l| l.global_step()).collect::<Vec<_>>();
     assert_eq!(
-        got.len(),
-        expected.len(),
-        "{what}: {} steps logged, the uninterrupted run logged {}",
-        got.len(),
-        expected.len()
+        steps(got),
+        steps(expected),
+        "{what}: the steps logged differ from the uninterrupted run's"
     );
+    let diffs = metric_diffs(expected, got, after_step);
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} of the steps after global step {after_step} differ from the uninterrupted run:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+/// Every line, including those a resumed run kept from before the interruption, reads exactly as in
+/// the uninterrupted run (deterministic fields).
+pub fn assert_same_metrics_verbatim(expected: &[MetricLine], got: &[MetricLine], what: &str) {
+    assert_same_metrics(expected, got, 0, what);
+}
+
+/// One message per differing line (the first differing field, both lines).
+fn metric_diffs(expected: &[MetricLine], got: &[MetricLine], after_step: u64) -> Vec<String> {
+    let mut out = Vec::new();
     for (e, g) in expected.iter().zip(got) {
-        for key in DETERMINISTIC_FIELDS {
-            assert_eq!(
-                g.field_text(key),
-                e.field_text(key),
-                "{what}: `{key}` differs at global step {}\n  uninterrupted: {}\n  resumed:       {}",
+        if e.global_step() <= after_step {
+            continue;
+        }
+        if let Some(key) = DETERMINISTIC_FIELDS
+            .iter()
+            .find(|k| g.field_text(k) != e.field_text(k))
+        {
+            out.push(format!(
+                "  global step {}: `{key}` {} (uninterrupted) vs {} (resumed)\n    uninterrupted: {}\n    resumed:       {}",
                 e.global_step(),
+                e.field_text(key),
+                g.field_text(key),
                 e.raw,
                 g.raw
-            );
+            ));
         }
     }
+    out
 }
 
 /// Finished checkpoints of a run, oldest first: (global step, directory).

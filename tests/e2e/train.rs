@@ -29,9 +29,13 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A fresh temporary directory holding 96 demo rows in `data/`.
 fn with_data() -> (tempfile::TempDir, PathBuf) {
+    with_rows(96)
+}
+
+fn with_rows(rows: usize) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    make_demo_data(&data, 96);
+    make_demo_data(&data, rows);
     (tmp, data)
 }
 
@@ -328,7 +332,8 @@ fn kill_then_resume_matches(ready: impl Fn(u64, u64) -> bool) -> (String, u64, u
         "{stdout}"
     );
     let from = resumed_from(&stderr);
-    assert_same_metrics(&expected, &read_metrics(&run), "SIGKILL + --resume");
+    eprintln!("killed and resumed from {from:?}");
+    assert_same_metrics(&expected, &read_metrics(&run), from.2, "SIGKILL + --resume");
     // And the weights end bit-identical too.
     let last =
         |dir: &Path| load_safetensors(&checkpoint_dir(dir, TOTAL_STEPS).join("model.safetensors"));
@@ -411,6 +416,7 @@ fn corrupted_latest_checkpoint_falls_back_to_the_previous_one() {
     assert_same_metrics(
         &read_metrics(&reference),
         &read_metrics(&run),
+        10,
         "fallback resume",
     );
     // The damaged checkpoint was rewritten by the resumed run, identical to the reference's.
@@ -447,6 +453,7 @@ fn truncated_checkpoint_falls_back_across_a_stage_boundary() {
     assert_same_metrics(
         &read_metrics(&reference),
         &read_metrics(&run),
+        6,
         "resume at a stage boundary",
     );
     let file =
@@ -456,7 +463,8 @@ fn truncated_checkpoint_falls_back_across_a_stage_boundary() {
 
 #[test]
 fn bad_data_is_skipped_and_reported_without_stopping_training() {
-    let (tmp, data) = with_data();
+    // Few good rows, so that every stage (8 steps of up to 8 images) reads all the bad ones.
+    let (tmp, data) = with_rows(16);
     for bad in ["mixed_good_and_bad.parquet", "not_parquet.parquet"] {
         std::fs::copy(repo().join("tests/fixtures/bad").join(bad), data.join(bad)).unwrap();
     }
@@ -489,20 +497,26 @@ fn bad_data_is_skipped_and_reported_without_stopping_training() {
         .filter(|l| l.contains("WARN") && l.contains("bad samples"))
         .collect();
     assert_eq!(reports.len(), 3, "one report per stage:\n{stderr}");
-    for reason in [
-        "bad_file",
-        "truncated",
-        "unknown_format",
-        "null_image",
-        "null_caption",
-        "empty_image",
-        "empty_caption",
-    ] {
-        assert!(
-            reports[0].contains(reason),
-            "{reason} not in {}",
-            reports[0]
-        );
+    for report in &reports {
+        // "reason N" for each kind of bad row in the fixture, and the unreadable file.
+        for reason in [
+            "bad_file",
+            "truncated",
+            "unknown_format",
+            "null_image",
+            "null_caption",
+            "empty_image",
+            "empty_caption",
+        ] {
+            let count = report
+                .split(['(', ',', ')'])
+                .find_map(|part| part.trim().strip_prefix(&format!("{reason} ")))
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(
+                count.is_some_and(|n| n > 0),
+                "no count for {reason} in {report}"
+            );
+        }
     }
     assert!(
         reports
@@ -514,5 +528,18 @@ fn bad_data_is_skipped_and_reported_without_stopping_training() {
     assert!(
         stderr.contains("not_parquet.parquet"),
         "the unreadable file is named:\n{stderr}"
+    );
+}
+
+#[test]
+fn resumed_metrics_log_keeps_the_earlier_lines_verbatim() {
+    // metrics.jsonl of a resumed run is cut back to the checkpoint's step; the lines it keeps must
+    // read exactly as the uninterrupted run's (the log is the record the plot and users compare).
+    let (_tmp, reference, run) = reference_and_copy(14);
+    run_ok(&mut resume_cmd(&run));
+    assert_same_metrics_verbatim(
+        &read_metrics(&reference),
+        &read_metrics(&run),
+        "lines kept by --resume",
     );
 }
