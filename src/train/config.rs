@@ -88,7 +88,12 @@ impl TrainConfig {
 
     /// A stable fingerprint of everything that determines the batch and loss stream.
     pub fn hash(&self) -> String {
-        let text = serde_json::to_string(self).unwrap_or_default();
+        // Where the run lives does not change what it computes (`--resume runs/x/` vs `runs/x`).
+        let text = serde_json::to_string(&TrainConfig {
+            run_dir: PathBuf::new(),
+            ..self.clone()
+        })
+        .unwrap_or_default();
         let h = crate::util::fnv1a64(text.as_bytes());
         format!("{h:016x}")
     }

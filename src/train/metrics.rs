@@ -254,14 +254,6 @@ impl StageProgress {
         }
     }
 
-    /// Prints a message without tearing the bar.
-    pub fn println(&self, msg: &str) {
-        match &self.display {
-            Display::Bar(bar) => bar.println(msg),
-            Display::Lines { .. } => tracing::info!("{msg}"),
-        }
-    }
-
     pub fn finish(&self) {
         if let Display::Bar(bar) = &self.display {
             bar.finish();

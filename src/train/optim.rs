@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// One set of parameters sharing a peak learning rate and weight decay.
