@@ -17,8 +17,12 @@ use crate::loss::{alignment_loss, decoding_loss, l2_normalize, word_prior_probs}
 use crate::qwen2::Qwen2ForCausalLM;
 use crate::vision::VisionTower;
 
-/// The three trainable parts (each has its own learning rate in the CoMP recipe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The three trainable parts (each has its own learning rate in the CoMP recipe). Their names are the
+/// top-level prefixes of the `VarStore`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Part {
     Vision,
     Adapter,

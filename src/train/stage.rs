@@ -10,30 +10,10 @@
 use anyhow::{Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-/// The three trainable parts of the CoMP harness. Their names are the ones used for parameter groups,
-/// learning-rate columns in `metrics.jsonl` and config keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Part {
-    /// The vision foundation model (ViT); the product of CoMP.
-    Vision,
-    /// The patch merger between ViT and LLM.
-    Adapter,
-    /// The decoder-only language model.
-    Llm,
-}
-
-impl Part {
-    pub const ALL: [Part; 3] = [Part::Vision, Part::Adapter, Part::Llm];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Part::Vision => "vision",
-            Part::Adapter => "adapter",
-            Part::Llm => "llm",
-        }
-    }
-}
+/// The three trainable parts of the CoMP harness (the model crate's own grouping of its parameters):
+/// their names (`vision`, `adapter`, `llm`) are the parameter-group names, the learning-rate columns in
+/// `metrics.jsonl` and the config keys.
+pub use comp_model::Part;
 
 /// Peak learning rate per part; `None` freezes the part for the stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -169,7 +149,7 @@ impl StageConfig {
             ensure!(
                 lr.is_finite() && lr > 0.0,
                 "stage {name:?}: lr for {} must be > 0, got {lr}",
-                part.name()
+                part.prefix()
             );
         }
         if self.steps.is_some() && self.epochs.is_some() {

@@ -279,7 +279,7 @@ impl Trainer {
         let mut groups = Vec::new();
         for part in Part::ALL {
             let params: Vec<(String, Tensor)> = by_part
-                .get(&to_model_part(part))
+                .get(&part)
                 .map(|v| {
                     v.iter()
                         .map(|(n, t)| (n.clone(), t.shallow_clone()))
@@ -289,7 +289,7 @@ impl Trainer {
             let lr = stage.lr.get(part);
             set_trainable(params.iter().map(|(_, t)| t), lr.is_some());
             if let Some(lr) = lr {
-                groups.extend(part_groups(part.name(), params, lr, stage.weight_decay));
+                groups.extend(part_groups(part.prefix(), params, lr, stage.weight_decay));
             }
         }
         let mut optim = AdamW::new(groups, AdamWConfig::default())?;
@@ -486,14 +486,6 @@ fn report_skips(stage: &str, metrics: &LoaderMetrics) -> u64 {
         );
     }
     total
-}
-
-fn to_model_part(part: Part) -> comp_model::Part {
-    match part {
-        Part::Vision => comp_model::Part::Vision,
-        Part::Adapter => comp_model::Part::Adapter,
-        Part::Llm => comp_model::Part::Llm,
-    }
 }
 
 /// Steps in an epoch-long stage: rows (from the shard footers) times epochs over the samples a batch holds
