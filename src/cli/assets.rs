@@ -37,11 +37,16 @@ mod tests {
     #[test]
     fn shipped_tokenizer_is_the_demo_tokenizer() {
         let cfg = DemoConfig::default();
-        let captions: Vec<String> = (0..cfg.rows).map(|i| generate_row(&cfg, i).unwrap().caption).collect();
+        let captions: Vec<String> = (0..cfg.rows)
+            .map(|i| generate_row(&cfg, i).unwrap().caption)
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("tokenizer.json");
         train_demo_tokenizer(captions.iter(), DEMO_VOCAB_SIZE, &out).unwrap();
         let regenerated = std::fs::read_to_string(&out).unwrap();
-        assert!(regenerated == super::DEMO_TOKENIZER_JSON, "assets/tokenizer.json is stale: regenerate it");
+        assert!(
+            regenerated == super::DEMO_TOKENIZER_JSON,
+            "assets/tokenizer.json is stale: regenerate it"
+        );
     }
 }
