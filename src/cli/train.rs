@@ -89,6 +89,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(cfg, Some(prior))?;
     let summary = trainer.run(args.resume.is_some())?;
     trainer.export_vfm(&summary.run_dir.join("vfm"))?;
+    if summary.final_loss.is_nan() && args.resume.is_some() {
+        println!(
+            "{} was already complete ({} steps); nothing to do",
+            summary.run_dir.display(),
+            summary.global_steps
+        );
+        return Ok(());
+    }
     println!(
         "done: {} steps ({} skipped), {} bad samples skipped, final loss {:.4}, data wait {:.2}% of step time; run directory {}",
         summary.global_steps,

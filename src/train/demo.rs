@@ -225,13 +225,21 @@ pub fn run_demo(opts: &DemoOptions) -> Result<()> {
     let mut t = Trainer::new(cfg, Some(prior))?;
     let s = t.run(true)?;
     t.export_vfm(&comp_dir.join("vfm"))?;
-    println!(
-        "[demo]   {} steps, final loss {:.3}, data wait {:.2}% of step time, plot {}",
-        s.global_steps,
-        s.final_loss,
-        100.0 * s.data_wait_share,
-        comp_dir.join("loss_curves.png").display()
-    );
+    if s.final_loss.is_nan() {
+        println!(
+            "[demo]   already trained ({} steps; delete {} to train again)",
+            s.global_steps,
+            opts.run_dir.display()
+        );
+    } else {
+        println!(
+            "[demo]   {} steps, final loss {:.3}, data wait {:.2}% of step time, plot {}",
+            s.global_steps,
+            s.final_loss,
+            100.0 * s.data_wait_share,
+            comp_dir.join("loss_curves.png").display()
+        );
+    }
 
     let report = crate::eval::compare_demo_vfms(&stage0_model, &t, opts.eval_rows)?;
     println!("{report}");
