@@ -22,11 +22,11 @@ pub mod probe;
 
 use probe::{ProbeConfig, ProbeResult, linear_probe};
 
-/// Probe accuracies per (model, resolution, attribute).
+/// Probe accuracies per (model, resolution and pooling, attribute).
 #[derive(Debug, Clone, Default)]
 pub struct DemoReport {
     pub rows: usize,
-    /// (model, resolution) -> attribute -> result
+    /// (model, "resolution, pooling") -> attribute -> result
     pub results: BTreeMap<(String, String), BTreeMap<String, ProbeResult>>,
 }
 
@@ -43,13 +43,13 @@ impl fmt::Display for DemoReport {
             .next()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
-        write!(f, "  {:<10} {:<14}", "vfm", "resolution")?;
+        write!(f, "  {:<8} {:<24}", "vfm", "resolution, pooling")?;
         for a in &attrs {
             write!(f, " {a:>16}")?;
         }
         writeln!(f)?;
         for ((model, res), m) in &self.results {
-            write!(f, "  {model:<10} {res:<14}")?;
+            write!(f, "  {model:<8} {res:<24}")?;
             for a in &attrs {
                 let r = &m[a];
                 write!(
@@ -92,7 +92,7 @@ fn labels(rows: &[DemoRow]) -> BTreeMap<String, (Vec<i64>, i64)> {
     out
 }
 
-/// Mean-pooled ViT features `[n, D]` of `rows` preprocessed with `image_cfg`, a few images per forward.
+/// Pooled ViT features `[n, 2D]` (mean and max over patches) of `rows` preprocessed with `image_cfg`, a few images per forward.
 pub fn vfm_features(
     model: &CompModel,
     rows: &[DemoRow],
@@ -114,11 +114,14 @@ pub fn vfm_features(
         let pv = Tensor::from_slice(&pixels)
             .reshape([-1, dim])
             .to_device(device);
-        feats.push(
-            model
-                .image_embeddings(&pv, &grids, rope)?
-                .to_device(Device::Cpu),
-        );
+        // Mean and max over the patches: the mean keeps global statistics (colour), the max keeps the
+        // strongest local responses (edges and corners of shapes) that averaging washes out.
+        for map in model.encode_images(&pv, &grids, rope)? {
+            let map = map.to_device(Device::Cpu);
+            let mean = map.mean_dim(0, false, tch::Kind::Float);
+            let (max, _) = map.max_dim(0, false);
+            feats.push(Tensor::cat(&[mean, max], 0).unsqueeze(0));
+        }
     }
     Ok(Tensor::cat(&feats, 0))
 }
@@ -158,17 +161,20 @@ pub fn compare_demo_vfms(stage0_model: &Path, comp: &Trainer, n_rows: usize) -> 
         [("stage-0", &stage0, false), ("CoMP", &comp.model, true)];
     for (name, model, rope) in settings {
         for (res, cfg) in [("native", &native), ("fixed-square", &square)] {
-            let x = vfm_features(model, &rows, cfg, rope, comp.device)?;
-            let mut per = BTreeMap::new();
-            for (attr, (y, n_classes)) in &labels {
-                per.insert(
-                    attr.clone(),
-                    linear_probe(&x, y, *n_classes, &ProbeConfig::default())?,
-                );
+            let both = vfm_features(model, &rows, cfg, rope, comp.device)?;
+            let d = both.size()[1] / 2;
+            for (pooling, x) in [("mean", both.narrow(1, 0, d)), ("mean+max", both)] {
+                let mut per = BTreeMap::new();
+                for (attr, (y, n_classes)) in &labels {
+                    per.insert(
+                        attr.clone(),
+                        linear_probe(&x, y, *n_classes, &ProbeConfig::default())?,
+                    );
+                }
+                report
+                    .results
+                    .insert((name.to_string(), format!("{res}, {pooling}")), per);
             }
-            report
-                .results
-                .insert((name.to_string(), res.to_string()), per);
         }
     }
     Ok(report)
