@@ -129,7 +129,6 @@ pub struct LoaderMetrics {
     pub samples_read: AtomicU64,
     pub bytes_read: AtomicU64,
     pub samples_processed: AtomicU64,
-    pub pixels_decoded: AtomicU64,
     pub patches: AtomicU64,
     pub tokens: AtomicU64,
     pub batches: AtomicU64,

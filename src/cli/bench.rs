@@ -63,7 +63,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
+    let secs = loader.elapsed().as_secs_f64();
     let images = metrics.samples_processed.load(Ordering::Relaxed);
     let patches = metrics.patches.load(Ordering::Relaxed);
     let tokens = metrics.tokens.load(Ordering::Relaxed);
