@@ -13,7 +13,7 @@ use crate::adapter::Adapter;
 use crate::batch::BatchTensors;
 use crate::config::CompConfig;
 use crate::error::{ModelError, Result};
-use crate::loss::{alignment_loss, decoding_loss, l2_normalize, word_prior_probs};
+use crate::loss::{alignment_loss, decoding_loss, word_prior_probs};
 use crate::qwen2::Qwen2ForCausalLM;
 use crate::vision::VisionTower;
 
@@ -273,25 +273,6 @@ impl CompModel {
                 .forward(pixel_values, grid_thw, rope, Kind::Float)?;
             let lens: Vec<i64> = grid_thw.iter().map(|g| g[0] * g[1] * g[2]).collect();
             Ok(segment_mean(&x, &lens))
-        })
-    }
-
-    /// L2-normalised pooled adapter outputs `[n_images, D_llm]` (F_v of the alignment loss).
-    pub fn visual_features(
-        &self,
-        pixel_values: &Tensor,
-        grid_thw: &[[i64; 3]],
-        rope: bool,
-    ) -> Result<Tensor> {
-        tch::no_grad(|| {
-            let x = self
-                .vision
-                .forward(pixel_values, grid_thw, rope, Kind::Float)?;
-            let v = self.adapter.forward(&x);
-            Ok(l2_normalize(&segment_mean(
-                &v,
-                &self.tokens_per_image(grid_thw),
-            )))
         })
     }
 }

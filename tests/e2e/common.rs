@@ -91,29 +91,18 @@ pub fn write_config(cfg: &toml::Table, path: &Path) -> PathBuf {
 
 /// `comp train --config FILE` with the deterministic thread settings the tests rely on.
 pub fn train_cmd(config: &Path) -> Command {
-    let mut cmd = comp();
-    cmd.arg("train").arg("--config").arg(config).args([
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--device",
-        "cpu",
-    ]);
-    cmd
+    deterministic_train("--config", config)
 }
 
-/// `comp train --resume RUN_DIR`.
+/// `comp train --resume RUN_DIR`, with the same settings.
 pub fn resume_cmd(run_dir: &Path) -> Command {
+    deterministic_train("--resume", run_dir)
+}
+
+fn deterministic_train(flag: &str, path: &Path) -> Command {
     let mut cmd = comp();
-    cmd.arg("train").arg("--resume").arg(run_dir).args([
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    cmd.arg("train").arg(flag).arg(path);
+    cmd.args(["--threads", "1", "--workers", "1", "--device", "cpu"]);
     cmd
 }
 
