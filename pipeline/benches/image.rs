@@ -6,7 +6,7 @@
 //! Goals (issue 3): full path >= 2x torchvision backend, >= 5x PIL backend, >= 70% of decode-only.
 use comp_pipeline::patchify::patchify;
 use comp_pipeline::resize::resample;
-use comp_pipeline::{ImageConfig, decode, process_image};
+use comp_pipeline::{ImageConfig, decode, process_image, process_rgb};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -137,6 +137,10 @@ fn main() {
         let (img, (h, w)) = (&decoded[i[0] as usize], targets[i[0] as usize]);
         std::hint::black_box(resample(img.clone(), h, w).unwrap());
     });
+    let fused_t1 = rate(&idx, budget, |i| {
+        let img = decoded[i[0] as usize].clone();
+        std::hint::black_box(process_rgb(img, &comp).unwrap());
+    });
     let patchify_t2 = rate(&idx, budget, |i| {
         std::hint::black_box(patchify(&resized[i[0] as usize], &qwen).unwrap());
     });
@@ -157,6 +161,10 @@ fn main() {
     show(
         "  stage: resample only (incl. a copy of its input)",
         Some(resize_only),
+    );
+    show(
+        "  stage: resample+normalise+patchify (fused), T=1",
+        Some(fused_t1),
     );
     show("  stage: normalise+patchify only, T=2", Some(patchify_t2));
     show("  stage: normalise+patchify only, T=1", Some(patchify_t1));

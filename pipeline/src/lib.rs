@@ -3,13 +3,15 @@
 //! Stages (each module owns one concept):
 //! - [`decode`]: image bytes to RGB8 at native resolution (EXIF orientation, bomb checks);
 //! - [`resize`]: Qwen2-VL `smart_resize` and resampling;
-//! - [`patchify`]: normalise and cut into merge-window-ordered patches;
+//! - [`patchify`]: normalise and cut into merge-window-ordered patches (with resampling fused in, by
+//!   the private `fused` kernel, when the size changes);
 //! - [`tokenize`]: captions to token sequences with image placeholders and labels;
 //! - [`pack`]: bucket by patch count and pack under budgets;
 //! - [`word_prior`]: token frequencies over captions (the alignment loss's prior);
 //! - [`loader`]: the async stages, backpressure, metrics and resumable state.
 pub mod batch;
 pub mod decode;
+mod fused;
 // `loader` is enabled once the stages it joins have landed.
 pub mod loader;
 pub mod pack;

@@ -1,5 +1,6 @@
 //! Normalise and cut a resized image into patch rows in 2x2 merge-window order: the whole image path
-//! (`decode -> target size -> resample -> patchify`) ends here in [`process_image`].
+//! (`decode -> target size -> resample -> patchify`) ends here in [`process_image`]; when the size
+//! changes, resampling runs inside the band loop (the private `fused` kernel).
 //!
 //! Layout (identical to transformers' `Qwen2VLImageProcessor`): `pixel_values` is
 //! `[grid_t * grid_h * grid_w, C * T * P * P]`; each row holds one patch, channel-major, then the `T`
@@ -13,7 +14,7 @@ use image::RgbImage;
 use std::mem::MaybeUninit;
 
 use crate::decode::{ImageError, decode};
-use crate::resize::{ImageConfig, resample};
+use crate::resize::ImageConfig;
 
 /// One image, ready for a vision tower.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,54 +42,78 @@ pub fn process_image(bytes: &[u8], cfg: &ImageConfig) -> Result<ProcessedImage, 
     process_rgb(decode(bytes, cfg)?, cfg)
 }
 
-/// Resize, normalise and patchify an already decoded RGB8 image.
+/// Resize, normalise and patchify an already decoded RGB8 image. An image that needs resampling goes
+/// through the fused kernel in [`crate::fused`] (resample, round to 8 bits, normalise and cut patches in
+/// one cache-resident pass per band); one already at its target size is only normalised and cut.
 pub fn process_rgb(img: RgbImage, cfg: &ImageConfig) -> Result<ProcessedImage, ImageError> {
     let (height, width) = cfg.target_size(img.height(), img.width())?;
-    let resized = resample(img, height, width)?;
-    patchify(&resized, cfg)
+    if (height, width) == (img.height(), img.width()) {
+        patchify(&img, cfg)
+    } else {
+        crate::fused::resample_patchify(&img, height as usize, width as usize, cfg)
+    }
 }
 
 /// Per-channel affine form of `(v / 255 - mean) / std`: `v * scale + bias`.
-fn normalise_affine(cfg: &ImageConfig) -> ([f32; 3], [f32; 3]) {
+pub(crate) fn normalise_affine(cfg: &ImageConfig) -> ([f32; 3], [f32; 3]) {
     let scale = std::array::from_fn(|c| 1.0 / (255.0 * cfg.image_std[c]));
     let bias = std::array::from_fn(|c| -cfg.image_mean[c] / cfg.image_std[c]);
     (scale, bias)
 }
 
-/// Normalise and patchify an image whose sides are multiples of `patch_size * merge_size`.
-pub fn patchify(img: &RgbImage, cfg: &ImageConfig) -> Result<ProcessedImage, ImageError> {
+/// The patch grid of an output of `height x width` pixels, or why there is none.
+pub(crate) fn check_grid(
+    height: usize,
+    width: usize,
+    cfg: &ImageConfig,
+) -> Result<(usize, usize), ImageError> {
     let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
-    let (height, width) = (img.height() as usize, img.width() as usize);
-    if p == 0 || m == 0 || t == 0 || height % (p * m) != 0 || width % (p * m) != 0 || height == 0 {
+    if p == 0
+        || m == 0
+        || t == 0
+        || !height.is_multiple_of(p * m)
+        || !width.is_multiple_of(p * m)
+        || height == 0
+    {
         return Err(ImageError::Resize(format!(
             "{height}x{width} is not a non-empty multiple of patch_size * merge_size = {}",
             p * m
         )));
     }
-    let (grid_h, grid_w) = (height / p, width / p);
+    Ok((height / p, width / p))
+}
+
+/// Build an image's patch rows band by band. A band is one row of merge windows (`merge_size *
+/// patch_size` pixel rows); `fill_band(bh, band)` writes band `bh` as three normalised f32 planes
+/// `[3][band_rows][stride]` (columns past the image width are ignored), and its patches are then cut
+/// in merge-window order. The output is written front to back with no zero-initialisation pass.
+pub(crate) fn patches_from_bands(
+    grid_h: usize,
+    grid_w: usize,
+    stride: usize,
+    cfg: &ImageConfig,
+    band: &mut Vec<f32>,
+    mut fill_band: impl FnMut(usize, &mut [f32]),
+) -> ProcessedImage {
+    let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
     let dim = patch_dim(cfg);
     let total = grid_h * grid_w * dim;
-    let (scale, bias) = normalise_affine(cfg);
-    let raw = img.as_raw();
-    // One band of merge windows (m * p image rows), normalised into three planar f32 buffers: a long,
-    // vectorisable pass over the interleaved bytes; each patch row is then plain runs of `p` floats.
-    let band_rows = m * p;
-    let plane = band_rows * width;
-    let mut band = vec![0f32; 3 * plane];
-    // Written in place without a zero-initialisation pass over the (large) output.
+    let plane = m * p * stride;
+    band.resize(3 * plane, 0.0);
     let mut pixel_values: Vec<f32> = Vec::with_capacity(total);
     let mut rows = pixel_values.spare_capacity_mut()[..total].chunks_exact_mut(dim);
     for bh in 0..grid_h / m {
-        let src_band = &raw[bh * band_rows * width * 3..(bh + 1) * band_rows * width * 3];
-        let (r_plane, gb) = band.split_at_mut(plane);
-        let (g_plane, b_plane) = gb.split_at_mut(plane);
-        normalise_planar(src_band, [r_plane, g_plane, b_plane], &scale, &bias);
+        fill_band(bh, band);
+        let view = BandView {
+            band,
+            plane,
+            stride,
+        };
         for bw in 0..grid_w / m {
             for mh in 0..m {
                 for mw in 0..m {
                     let row = rows.next().expect("one row per patch");
-                    let (y0, x0) = (mh * p, (bw * m + mw) * p);
-                    write_patch(row, &band, plane, width, y0, x0, p, t);
+                    write_patch(row, &view, mh * p, (bw * m + mw) * p, p, t);
                 }
             }
         }
@@ -97,10 +122,42 @@ pub fn patchify(img: &RgbImage, cfg: &ImageConfig) -> Result<ProcessedImage, Ima
     // SAFETY: the `grid_h * grid_w` chunks of `dim` elements cover exactly the first `total` slots of
     // the capacity, and `write_patch` initialises every element of the chunk it is given.
     unsafe { pixel_values.set_len(total) };
-    Ok(ProcessedImage {
+    ProcessedImage {
         pixel_values,
         grid_thw: [1, grid_h as i64, grid_w as i64],
-    })
+    }
+}
+
+thread_local! {
+    // One band buffer per worker thread, reused from image to image.
+    static BAND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Normalise and patchify an image whose sides are multiples of `patch_size * merge_size`.
+pub fn patchify(img: &RgbImage, cfg: &ImageConfig) -> Result<ProcessedImage, ImageError> {
+    let (height, width) = (img.height() as usize, img.width() as usize);
+    let (grid_h, grid_w) = check_grid(height, width, cfg)?;
+    let band_rows = cfg.merge_size * cfg.patch_size;
+    let (scale, bias) = normalise_affine(cfg);
+    let raw = img.as_raw();
+    let plane = band_rows * width;
+    // Each band is normalised into three planar f32 buffers in one long, vectorisable pass over the
+    // interleaved bytes; each patch row is then plain runs of `p` floats.
+    Ok(BAND.with(|band| {
+        patches_from_bands(
+            grid_h,
+            grid_w,
+            width,
+            cfg,
+            &mut band.borrow_mut(),
+            |bh, band| {
+                let src = &raw[bh * band_rows * width * 3..(bh + 1) * band_rows * width * 3];
+                let (r_plane, gb) = band.split_at_mut(plane);
+                let (g_plane, b_plane) = gb.split_at_mut(plane);
+                normalise_planar(src, [r_plane, g_plane, b_plane], &scale, &bias);
+            },
+        )
+    }))
 }
 
 /// Interleaved RGB8 to three planes of `v * scale + bias`.
@@ -210,32 +267,63 @@ mod x86 {
     }
 }
 
+/// A band's three planes: value `(c, y, x)` at `band[c * plane + y * stride + x]`.
+struct BandView<'a> {
+    band: &'a [f32],
+    plane: usize,
+    stride: usize,
+}
+
 /// Fill one patch row from the band's planes: for each channel its `p x p` block (row `y0`, column
-/// `x0` of the band), then `t - 1` copies of it.
-#[allow(clippy::too_many_arguments)]
+/// `x0` of the band), written `t` times (a still image repeated over the temporal patch).
 #[inline]
 fn write_patch(
     row: &mut [MaybeUninit<f32>],
-    band: &[f32],
-    plane: usize,
-    width: usize,
+    view: &BandView,
     y0: usize,
     x0: usize,
     p: usize,
     t: usize,
 ) {
-    let pp = p * p;
-    for (c, channel) in row.chunks_exact_mut(t * pp).enumerate() {
-        let (first, copies) = channel.split_at_mut(pp);
-        let src_plane = &band[c * plane..(c + 1) * plane];
-        for (r, dst) in first.chunks_exact_mut(p).enumerate() {
-            let start = (y0 + r) * width + x0;
-            for (d, &v) in dst.iter_mut().zip(&src_plane[start..start + p]) {
-                d.write(v);
+    // Every ViT this crate serves uses 14 (or 16) pixel patches; a compile-time run length turns each
+    // run into a fixed-size move the compiler inlines (a runtime `p` costs a `memcpy` call per run).
+    match p {
+        14 => write_runs(row, view, y0, x0, 14, t, copy_run::<14>),
+        16 => write_runs(row, view, y0, x0, 16, t, copy_run::<16>),
+        _ => write_runs(row, view, y0, x0, p, t, copy_run_any),
+    }
+}
+
+#[inline(always)]
+fn write_runs(
+    row: &mut [MaybeUninit<f32>],
+    view: &BandView,
+    y0: usize,
+    x0: usize,
+    p: usize,
+    t: usize,
+    copy: impl Fn(&mut [MaybeUninit<f32>], &[f32]),
+) {
+    for (c, channel) in row.chunks_exact_mut(t * p * p).enumerate() {
+        let src_plane = &view.band[c * view.plane..(c + 1) * view.plane];
+        for frame in channel.chunks_exact_mut(p * p) {
+            for (r, dst) in frame.chunks_exact_mut(p).enumerate() {
+                let start = (y0 + r) * view.stride + x0;
+                copy(dst, &src_plane[start..start + p]);
             }
         }
-        for copy in copies.chunks_exact_mut(pp) {
-            copy.copy_from_slice(first);
-        }
+    }
+}
+
+#[inline(always)]
+fn copy_run<const P: usize>(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    let src: &[f32; P] = src.try_into().expect("P floats");
+    let dst: &mut [MaybeUninit<f32>; P] = dst.try_into().expect("P slots");
+    *dst = src.map(MaybeUninit::new);
+}
+
+fn copy_run_any(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
     }
 }

@@ -92,3 +92,52 @@ fn config_round_trips_through_json_with_defaults_filled_in() {
     let back: ImageConfig = serde_json::from_str(&serde_json::to_string(&fixed).unwrap()).unwrap();
     assert_eq!(back, fixed);
 }
+
+/// The loader resamples inside the fused band kernel; `resample` (fast_image_resize, PIL's bicubic) +
+/// `patchify` is the independent reference. Every fixture photo at its native target, forced to
+/// shrink (a 392 square, and at most 200x200 pixels) and forced to grow. Both round to 8 bits after
+/// each pass, but in the opposite pass order (PIL's horizontal-first vs the kernel's vertical-first);
+/// the bicubic's negative lobes can carry a one-step intermediate difference into a second step, so
+/// the bound is two steps, and under 1% of values may differ at all.
+#[test]
+fn fused_resampling_equals_resize_then_patchify_on_the_fixture_photos() {
+    use comp_pipeline::decode;
+    use comp_pipeline::resize::resample;
+    let base = ImageConfig::qwen2_vl();
+    let mut square = ImageConfig::clip();
+    square.resize = ResizePolicy::FixedSquare { size: 392 };
+    let shrink = ImageConfig {
+        max_pixels: 200 * 200,
+        ..ImageConfig::clip()
+    };
+    let grow = ImageConfig {
+        min_pixels: 900 * 900,
+        max_pixels: 1000 * 1000,
+        ..ImageConfig::siglip()
+    };
+    let (mut compared, mut differing, mut worst) = (0usize, 0usize, 0f32);
+    for path in super::common::photos(None) {
+        let bytes = std::fs::read(&path).unwrap();
+        for cfg in [&base, &square, &shrink, &grow] {
+            let img = decode(&bytes, cfg).unwrap();
+            let (h, w) = cfg.target_size(img.height(), img.width()).unwrap();
+            let want = patchify(&resample(img.clone(), h, w).unwrap(), cfg).unwrap();
+            let got = process_rgb(img, cfg).unwrap();
+            assert_eq!(got.grid_thw, want.grid_thw, "{}", path.display());
+            // One 8-bit step in normalised units for this config's smallest std.
+            let step = 1.0 / (255.0 * cfg.image_std.iter().cloned().fold(f32::MAX, f32::min));
+            for (a, b) in got.pixel_values.iter().zip(&want.pixel_values) {
+                let d = (a - b).abs();
+                worst = worst.max(d / step);
+                differing += (d > 1e-5) as usize;
+            }
+            compared += got.pixel_values.len();
+        }
+    }
+    let share = differing as f64 / compared as f64;
+    eprintln!(
+        "fused vs resize+patchify: {compared} values, {share:.5} differ, worst {worst:.3} steps"
+    );
+    assert!(worst <= 2.001, "worst difference {worst} steps");
+    assert!(share < 0.01, "{share} of values differ");
+}

@@ -1,0 +1,594 @@
+//! The image path's hot loop as one fused kernel: PIL-style antialiased bicubic resampling, rounding to
+//! 8 bits, normalisation and patch cutting, one band of merge windows at a time so that every
+//! intermediate stays in cache.
+//!
+//! Why not a resize crate followed by [`patchify`](crate::patchify::patchify): on the fixture photos
+//! (0.17 MP, resized by a few percent to multiples of 28) a general RGB8 resizer costs about as much
+//! as decoding the JPEG, and its output is then read again to normalise and cut it. Here:
+//!
+//! 1. source rows are widened to f32 once each (a ring of the rows the current band needs);
+//! 2. the **vertical** pass runs first: each output row is a weighted sum of a few whole source rows,
+//!    contiguous multiply-adds over the interleaved values, rounded and clamped to 0..=255 as PIL's
+//!    8-bit intermediate is;
+//! 3. the **horizontal** pass turns groups of 8 output pixels into one weight matrix over the source
+//!    pixels they touch (`span x 8`, zero outside each pixel's taps): every source value is broadcast
+//!    once and multiplied into all 8 outputs, so there are no gathers, and 4 rows x 3 channels are
+//!    accumulated together to keep the multiply-add units busy. The result is rounded to 8 bits,
+//!    normalised and stored as planar rows;
+//! 4. the band's patches are cut by [`patches_from_bands`].
+//!
+//! Filter weights follow Pillow's `BICUBIC` (Catmull-Rom, `a = -0.5`, support 2 widened by the scale
+//! factor when shrinking, weights normalised per output pixel), which both of transformers' Qwen2-VL
+//! backends use. The arithmetic is f32 rather than Pillow's fixed point, and the vertical pass comes
+//! first, so an output value can differ from Pillow's by one 8-bit step where a value sits on a rounding
+//! boundary; the parity tests bound the effect against transformers.
+use image::RgbImage;
+use std::cell::RefCell;
+
+use crate::decode::ImageError;
+use crate::patchify::{ProcessedImage, check_grid, normalise_affine, patches_from_bands};
+use crate::resize::ImageConfig;
+
+/// Pillow's bicubic kernel with `a = -0.5` (Catmull-Rom).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// A 1-D resampling: output `i` is `sum_k weight(i, k) * input[start[i] + k]` for `k < len[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Taps {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    /// Row `i` of `ksize` weights (only the first `len[i]` are used).
+    weights: Vec<f32>,
+    ksize: usize,
+}
+
+impl Taps {
+    /// Pillow's coefficients for resampling `in_size` samples to `out_size` over the whole input.
+    pub(crate) fn bicubic(in_size: usize, out_size: usize) -> Taps {
+        assert!(in_size > 0 && out_size > 0, "empty resampling");
+        if in_size == out_size {
+            // The kernel is 1 at 0 and 0 at every other integer: the identity, as one tap.
+            return Taps {
+                start: (0..out_size).collect(),
+                len: vec![1; out_size],
+                weights: vec![1.0; out_size],
+                ksize: 1,
+            };
+        }
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let support = 2.0 * filter_scale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut taps = Taps {
+            start: Vec::with_capacity(out_size),
+            len: Vec::with_capacity(out_size),
+            weights: vec![0.0; out_size * ksize],
+            ksize,
+        };
+        let mut w = vec![0f64; ksize];
+        for i in 0..out_size {
+            let center = (i as f64 + 0.5) * scale;
+            // C's (int) cast truncates toward zero, as `as i64` does.
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).clamp(0, in_size as i64) as usize;
+            let n = hi.saturating_sub(lo).min(ksize);
+            let mut total = 0.0;
+            for (k, wk) in w[..n].iter_mut().enumerate() {
+                *wk = bicubic(((lo + k) as f64 - center + 0.5) / filter_scale);
+                total += *wk;
+            }
+            let row = &mut taps.weights[i * ksize..i * ksize + n];
+            for (dst, &wk) in row.iter_mut().zip(&w[..n]) {
+                *dst = if total != 0.0 { wk / total } else { wk } as f32;
+            }
+            taps.start.push(lo);
+            taps.len.push(n);
+        }
+        taps
+    }
+
+    fn weights(&self, i: usize) -> &[f32] {
+        &self.weights[i * self.ksize..i * self.ksize + self.len[i]]
+    }
+
+    /// Source range `[lo, hi)` that outputs `first..last` read.
+    fn source_range(&self, first: usize, last: usize) -> (usize, usize) {
+        let lo = (first..last).map(|i| self.start[i]).min().unwrap_or(0);
+        let hi = (first..last)
+            .map(|i| self.start[i] + self.len[i])
+            .max()
+            .unwrap_or(0);
+        (lo, hi)
+    }
+}
+
+/// Output pixels per horizontal group: one AVX register of f32.
+const LANES: usize = 8;
+
+/// The horizontal taps regrouped for the broadcast kernel: group `g` covers output pixels
+/// `8g .. 8g + 8`; its `span x 8` matrix holds, at `[s][lane]`, the weight of source pixel
+/// `base + s` in output `8g + lane` (zero where that pixel is not one of the output's taps, and for
+/// lanes past the last output).
+#[derive(Debug, Clone)]
+pub(crate) struct Groups {
+    base: Vec<usize>,
+    span: Vec<usize>,
+    offset: Vec<usize>,
+    weights: Vec<f32>,
+}
+
+impl Groups {
+    pub(crate) fn new(taps: &Taps) -> Groups {
+        let out = taps.start.len();
+        let n = out.div_ceil(LANES);
+        let mut g = Groups {
+            base: Vec::with_capacity(n),
+            span: Vec::with_capacity(n),
+            offset: Vec::with_capacity(n),
+            weights: Vec::new(),
+        };
+        for first in (0..out).step_by(LANES) {
+            let last = (first + LANES).min(out);
+            let (lo, hi) = taps.source_range(first, last);
+            let offset = g.weights.len();
+            g.weights.resize(offset + (hi - lo) * LANES, 0.0);
+            for (lane, i) in (first..last).enumerate() {
+                for (k, &w) in taps.weights(i).iter().enumerate() {
+                    g.weights[offset + (taps.start[i] + k - lo) * LANES + lane] = w;
+                }
+            }
+            g.base.push(lo);
+            g.span.push(hi - lo);
+            g.offset.push(offset);
+        }
+        g
+    }
+
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    fn matrix(&self, g: usize) -> &[f32] {
+        &self.weights[self.offset[g]..self.offset[g] + self.span[g] * LANES]
+    }
+}
+
+/// Per-thread buffers, reused from image to image.
+#[derive(Default)]
+struct Scratch {
+    /// Ring of source rows widened to f32, `ring_rows x row_stride`.
+    ring: Vec<f32>,
+    /// The band's vertically resampled rows (interleaved), `band_rows x row_stride`.
+    rows: Vec<f32>,
+    /// The band's normalised planes for [`patches_from_bands`].
+    band: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Which kernels to run: AVX2+FMA where the CPU has them, portable loops otherwise (and in tests that
+/// compare the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    }
+}
+
+/// Resample `img` to `out_h x out_w` (multiples of `patch_size * merge_size`), normalise and patchify.
+pub(crate) fn resample_patchify(
+    img: &RgbImage,
+    out_h: usize,
+    out_w: usize,
+    cfg: &ImageConfig,
+) -> Result<ProcessedImage, ImageError> {
+    resample_patchify_with(img, out_h, out_w, cfg, Isa::detect())
+}
+
+pub(crate) fn resample_patchify_with(
+    img: &RgbImage,
+    out_h: usize,
+    out_w: usize,
+    cfg: &ImageConfig,
+    isa: Isa,
+) -> Result<ProcessedImage, ImageError> {
+    let (grid_h, grid_w) = check_grid(out_h, out_w, cfg)?;
+    let (in_h, in_w) = (img.height() as usize, img.width() as usize);
+    if in_h == 0 || in_w == 0 {
+        return Err(ImageError::TooSmall {
+            height: in_h as u32,
+            width: in_w as u32,
+        });
+    }
+    let vertical = Taps::bicubic(in_h, out_h);
+    let horizontal = Groups::new(&Taps::bicubic(in_w, out_w));
+    let band_rows = cfg.merge_size * cfg.patch_size;
+    let row_len = in_w * 3;
+    // Padded so that every vector load and store of a row stays inside it.
+    let row_stride = row_len.next_multiple_of(LANES);
+    let out_stride = out_w.next_multiple_of(LANES);
+    let vertical_identity = in_h == out_h;
+    // The ring holds every source row one band reads; bands move down monotonically, so a row's slot
+    // is only reused once no later band needs it.
+    let bands = grid_h / cfg.merge_size;
+    let mut ring_rows = 0;
+    let mut high = 0;
+    for bh in 0..bands {
+        let (lo, hi) = vertical.source_range(bh * band_rows, (bh + 1) * band_rows);
+        high = high.max(hi);
+        ring_rows = ring_rows.max(high - lo);
+    }
+    let (scale, bias) = normalise_affine(cfg);
+    let raw = img.as_raw();
+    Ok(SCRATCH.with(|scratch| {
+        let Scratch { ring, rows, band } = &mut *scratch.borrow_mut();
+        ring.clear();
+        ring.resize(ring_rows * row_stride, 0.0);
+        rows.resize(band_rows * row_stride, 0.0);
+        let mut widened = 0;
+        let mut offsets = Vec::new();
+        patches_from_bands(grid_h, grid_w, out_stride, cfg, band, |bh, band| {
+            let first = bh * band_rows;
+            let (lo, hi) = vertical.source_range(first, first + band_rows);
+            for y in widened.max(lo)..hi {
+                let dst = &mut ring[(y % ring_rows) * row_stride..][..row_len];
+                widen(&raw[y * row_len..(y + 1) * row_len], dst, isa);
+            }
+            widened = widened.max(hi);
+            if !vertical_identity {
+                for (r, out) in rows.chunks_exact_mut(row_stride).enumerate() {
+                    let y = first + r;
+                    offsets.clear();
+                    offsets.extend(
+                        (0..vertical.len[y])
+                            .map(|k| ((vertical.start[y] + k) % ring_rows) * row_stride),
+                    );
+                    vertical_row(ring, &offsets, vertical.weights(y), out, isa);
+                }
+            }
+            let source = |r: usize| -> &[f32] {
+                if vertical_identity {
+                    &ring[((first + r) % ring_rows) * row_stride..][..row_stride]
+                } else {
+                    &rows[r * row_stride..(r + 1) * row_stride]
+                }
+            };
+            let mut out = BandOut {
+                band,
+                plane: band_rows * out_stride,
+                stride: out_stride,
+                scale,
+                bias,
+            };
+            for r0 in (0..band_rows).step_by(4) {
+                let n = (band_rows - r0).min(4);
+                let src: [&[f32]; 4] = std::array::from_fn(|i| source(r0 + i.min(n - 1)));
+                horizontal_rows(src, n, r0, &horizontal, &mut out, isa);
+            }
+        })
+    }))
+}
+
+/// Bytes to f32, same layout.
+fn widen(src: &[u8], dst: &mut [f32], isa: Isa) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::widen(src, dst) },
+        Isa::Portable => {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s as f32;
+            }
+        }
+    }
+}
+
+/// One output row of the vertical pass: `out = clamp(round(sum_k w[k] * ring[offsets[k]..]))`.
+fn vertical_row(ring: &[f32], offsets: &[usize], weights: &[f32], out: &mut [f32], isa: Isa) {
+    debug_assert_eq!(offsets.len(), weights.len());
+    assert!(offsets.iter().all(|&o| o + out.len() <= ring.len()));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA present (see `Isa`); every row read lies in `ring` (asserted above) and
+        // `out.len()` is a multiple of 8.
+        Isa::Avx2 => unsafe { x86::vertical_row(ring, offsets, weights, out) },
+        Isa::Portable => {
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for (&off, &w) in offsets.iter().zip(weights) {
+                    acc += w * ring[off + i];
+                }
+                *o = acc.round().clamp(0.0, 255.0);
+            }
+        }
+    }
+}
+
+/// Where the horizontal pass puts its results: three normalised planes `[3][rows][stride]` (the band
+/// [`patches_from_bands`] cuts), with the normalisation to apply.
+struct BandOut<'a> {
+    band: &'a mut [f32],
+    plane: usize,
+    stride: usize,
+    scale: [f32; 3],
+    bias: [f32; 3],
+}
+
+/// The horizontal pass for `n <= 4` rows (`src[i]` for `i >= n` repeat a real row and are not
+/// stored): round, normalise and store channel `c` of row `r0 + i` at `band[c * plane +
+/// (r0 + i) * stride ..]`.
+fn horizontal_rows(
+    src: [&[f32]; 4],
+    n: usize,
+    r0: usize,
+    groups: &Groups,
+    out: &mut BandOut,
+    isa: Isa,
+) {
+    assert!((1..=4).contains(&n) && r0 + n <= out.plane / out.stride);
+    assert!(3 * out.plane <= out.band.len() && groups.len() * LANES <= out.stride);
+    let shortest = src.iter().map(|s| s.len()).min().unwrap_or(0);
+    assert!((0..groups.len()).all(|g| (groups.base[g] + groups.span[g]) * 3 <= shortest));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA present; the asserts above bound every load (source pixel `base + s` of a
+        // group, 3 values each) and every store (8 lanes of group `g` at column `8g < stride`).
+        Isa::Avx2 => unsafe { x86::horizontal_rows(src, n, r0, groups, out) },
+        Isa::Portable => {
+            for g in 0..groups.len() {
+                let m = groups.matrix(g);
+                for (i, row) in src.iter().enumerate().take(n) {
+                    for c in 0..3 {
+                        let mut acc = [0f32; LANES];
+                        for s in 0..groups.span[g] {
+                            let v = row[(groups.base[g] + s) * 3 + c];
+                            for (a, &w) in acc.iter_mut().zip(&m[s * LANES..(s + 1) * LANES]) {
+                                *a += v * w;
+                            }
+                        }
+                        let at = c * out.plane + (r0 + i) * out.stride + g * LANES;
+                        for (d, a) in out.band[at..at + LANES].iter_mut().zip(acc) {
+                            *d = a.round().clamp(0.0, 255.0) * out.scale[c] + out.bias[c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BandOut, Groups, LANES};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn round_clamp(v: __m256) -> __m256 {
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), _mm256_set1_ps(255.0))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn widen(src: &[u8], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: 8 bytes read from and 8 floats written within the first `n` elements.
+            unsafe {
+                let b = _mm_loadl_epi64(src.as_ptr().add(i) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), f);
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = src[j] as f32;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn vertical_row(
+        ring: &[f32],
+        offsets: &[usize],
+        weights: &[f32],
+        out: &mut [f32],
+    ) {
+        let base = ring.as_ptr();
+        let dst = out.as_mut_ptr();
+        let mut i = 0;
+        // Four independent accumulators (32 values) per step.
+        while i + 32 <= out.len() {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (&off, &w) in offsets.iter().zip(weights) {
+                let wv = _mm256_set1_ps(w);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `off + out.len() <= ring.len()` (checked by the caller).
+                    let v = unsafe { _mm256_loadu_ps(base.add(off + i + 8 * j)) };
+                    *a = _mm256_fmadd_ps(v, wv, *a);
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                // SAFETY: `i + 32 <= out.len()`.
+                unsafe { _mm256_storeu_ps(dst.add(i + 8 * j), round_clamp(a)) };
+            }
+            i += 32;
+        }
+        while i + 8 <= out.len() {
+            let mut acc = _mm256_setzero_ps();
+            for (&off, &w) in offsets.iter().zip(weights) {
+                // SAFETY: as above.
+                let v = unsafe { _mm256_loadu_ps(base.add(off + i)) };
+                acc = _mm256_fmadd_ps(v, _mm256_set1_ps(w), acc);
+            }
+            // SAFETY: `i + 8 <= out.len()`.
+            unsafe { _mm256_storeu_ps(dst.add(i), round_clamp(acc)) };
+            i += 8;
+        }
+        debug_assert_eq!(i, out.len(), "row stride is a multiple of 8");
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn horizontal_rows(
+        src: [&[f32]; 4],
+        n: usize,
+        r0: usize,
+        groups: &Groups,
+        out: &mut BandOut,
+    ) {
+        let rows = src.map(|s| s.as_ptr());
+        let (plane, stride) = (out.plane, out.stride);
+        let scales = out.scale.map(|s| _mm256_set1_ps(s));
+        let biases = out.bias.map(|b| _mm256_set1_ps(b));
+        let dst = out.band.as_mut_ptr();
+        for g in 0..groups.len() {
+            let m = groups.matrix(g).as_ptr();
+            let base = groups.base[g] * 3;
+            // 4 rows x 3 channels of 8 outputs: 12 independent accumulators.
+            let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+            for s in 0..groups.span[g] {
+                // SAFETY: the matrix has `span * 8` weights; source index `(base_px + s) * 3 + c` is
+                // below each row's length (checked by the caller).
+                unsafe {
+                    let w = _mm256_loadu_ps(m.add(s * LANES));
+                    let at = base + 3 * s;
+                    for (a, row) in acc.iter_mut().zip(rows) {
+                        for (c, ac) in a.iter_mut().enumerate() {
+                            let v = _mm256_broadcast_ss(&*row.add(at + c));
+                            *ac = _mm256_fmadd_ps(v, w, *ac);
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(n) {
+                for c in 0..3 {
+                    let v = _mm256_fmadd_ps(round_clamp(a[c]), scales[c], biases[c]);
+                    // SAFETY: row `r0 + i` of plane `c`, columns `8g .. 8g + 8 <= stride`.
+                    unsafe {
+                        _mm256_storeu_ps(dst.add(c * plane + (r0 + i) * stride + g * LANES), v)
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise_image(h: u32, w: u32, seed: u32) -> RgbImage {
+        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+        RgbImage::from_fn(w, h, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            // Smooth gradients plus noise: exercises both clamping and ordinary values.
+            let base = ((x * 7 + y * 3) % 256) as u8;
+            image::Rgb([
+                base,
+                (state % 256) as u8,
+                base.wrapping_add((state >> 8) as u8 % 32),
+            ])
+        })
+    }
+
+    #[test]
+    fn weights_match_pillow_rules() {
+        // Identity: one tap of weight 1.
+        let id = Taps::bicubic(5, 5);
+        assert_eq!(id.weights(3), &[1.0]);
+        // Shrinking widens the support by the scale factor: 100 -> 50 has 4 * 2 = 8 (or 9) taps.
+        let down = Taps::bicubic(100, 50);
+        assert!(down.len[10] >= 8, "{:?}", down.weights(10));
+        for i in 0..50 {
+            let sum: f32 = down.weights(i).iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5, "weights of {i} sum to {sum}");
+        }
+        // Growing 4 -> 8: output 1 is centred at 0.75 and reads inputs 0..3 at distances 0.25, 0.75
+        // and 1.75 (worked by hand from the kernel), normalised by their sum 1.0703125.
+        let up = Taps::bicubic(4, 8);
+        assert_eq!((up.start[1], up.len[1]), (0, 3));
+        let want = [0.867_187_5, 0.226_562_5, -0.023_437_5].map(|w: f64| (w / 1.070_312_5) as f32);
+        assert_eq!(up.weights(1), &want);
+    }
+
+    #[test]
+    fn group_matrices_reproduce_the_taps() {
+        for (inp, out) in [(512, 504), (300, 308), (1000, 392), (37, 56)] {
+            let taps = Taps::bicubic(inp, out);
+            let g = Groups::new(&taps);
+            for i in 0..out {
+                let (gi, lane) = (i / LANES, i % LANES);
+                let m = g.matrix(gi);
+                for s in 0..g.span[gi] {
+                    let src = g.base[gi] + s;
+                    let want = if src >= taps.start[i] && src < taps.start[i] + taps.len[i] {
+                        taps.weights(i)[src - taps.start[i]]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(
+                        m[s * LANES + lane],
+                        want,
+                        "{inp}->{out} output {i} source {src}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernels_equal_the_portable_ones() {
+        if Isa::detect() != Isa::Avx2 {
+            eprintln!("no AVX2 here: nothing to compare");
+            return;
+        }
+        let cfg = ImageConfig::qwen2_vl();
+        for (seed, (h, w), (oh, ow)) in [
+            (1, (512, 512), (504, 504)),
+            (2, (300, 451), (308, 448)),
+            (3, (308, 451), (308, 448)),
+            (4, (61, 97), (56, 112)),
+            (5, (900, 700), (392, 392)),
+        ] {
+            let img = noise_image(h, w, seed);
+            let fast = resample_patchify_with(&img, oh, ow, &cfg, Isa::Avx2).unwrap();
+            let slow = resample_patchify_with(&img, oh, ow, &cfg, Isa::Portable).unwrap();
+            assert_eq!(fast.grid_thw, slow.grid_thw);
+            // Same operations in a different summation order: at most one 8-bit step apart.
+            let step = 1.0 / (255.0 * 0.26) + 1e-4;
+            let worst = fast
+                .pixel_values
+                .iter()
+                .zip(&slow.pixel_values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= step, "{h}x{w} -> {oh}x{ow}: {worst}");
+        }
+    }
+}
