@@ -55,3 +55,17 @@ pub struct RawSample {
     pub image: bytes::Bytes,
     pub caption: String,
 }
+
+/// Thread counts across the project: `0` means every core this process may use, anything else is
+/// taken as given (the loader's workers, `make-demo-data`, the CLI's `--workers`/`--threads`).
+pub fn threads_or_all_cores(n: usize) -> usize {
+    match n {
+        0 => available_cores(),
+        n => n,
+    }
+}
+
+/// Cores this process may use (1 if the platform cannot tell).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -4,7 +4,9 @@
 //! The planner's whole state is the position of its walk (epoch, shard position, row-group position,
 //! global unit number, window index), which is exactly what a [`Cursor`] stores, so resuming starts the
 //! walk at the cursor's window without opening any earlier footer.
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::dataset::Shared;
 use crate::plan::{row_group_order, shard_order};
@@ -128,7 +130,7 @@ impl Planner {
                     }
                     Err(e) => {
                         if shard as usize % part.parts == part.part {
-                            tracing::warn!("skipping shard: {e}");
+                            warn_once(&self.shared.shards[shard as usize], e);
                             let reason = match e {
                                 DatasetError::BadFile { reason, .. } => reason.clone(),
                                 other => other.to_string(),
@@ -196,5 +198,19 @@ impl Planner {
         self.shard_pos += 1;
         self.row_group_pos = 0;
         self.current = None;
+    }
+}
+
+/// Log an unreadable shard the first time this process meets it. Every epoch of every stage still
+/// records the skip (the trainer's per-stage report counts them); repeating the same warning each
+/// time would only bury other messages.
+fn warn_once(path: &Path, err: &DatasetError) {
+    static WARNED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_path_buf())
+    {
+        tracing::warn!("skipping shard: {err}");
     }
 }

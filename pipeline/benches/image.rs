@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench -p comp-pipeline --bench image` (env `BENCH_SECONDS`, default 5 per measurement).
 //! Goals (issue 3): full path >= 2x torchvision backend, >= 5x PIL backend, >= 70% of decode-only.
+//! The stage lines split the full path: `resample only` is the standalone fast_image_resize path,
+//! `fused` is what the loader runs (resample, normalise and patchify in one band-wise kernel).
 use comp_pipeline::patchify::patchify;
 use comp_pipeline::resize::resample;
 use comp_pipeline::{ImageConfig, decode, process_image, process_rgb};

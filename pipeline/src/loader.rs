@@ -66,13 +66,7 @@ impl Default for LoaderConfig {
 
 impl LoaderConfig {
     fn resolved_workers(&self) -> usize {
-        if self.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            self.workers
-        }
+        comp_datasets::threads_or_all_cores(self.workers)
     }
     fn resolved_in_flight(&self) -> usize {
         if self.in_flight == 0 {

@@ -38,7 +38,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(p) => p,
         None => super::assets::default_tokenizer()?,
     });
-    cfg.workers = super::common::workers(args.workers);
+    cfg.workers = comp_datasets::threads_or_all_cores(args.workers);
     let workers = cfg.workers;
     let mut loader = Loader::start(cfg, None)?;
     let metrics = loader.metrics().clone();

@@ -64,17 +64,6 @@ fn parse_triple(s: &str) -> std::result::Result<[f32; 3], String> {
         .map_err(|v| format!("expected 3 comma-separated numbers, got {}", v.len()))
 }
 
-/// 0 means every available core.
-pub fn workers(n: usize) -> usize {
-    if n > 0 {
-        n
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    }
-}
-
 /// Image/caption column overrides shared by data subcommands.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ColumnArgs {

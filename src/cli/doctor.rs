@@ -20,7 +20,7 @@ pub fn run() -> Result<()> {
     println!(
         "cpu threads    {} (libtorch intra-op), {} logical cores",
         tch::get_num_threads(),
-        num_cpus()
+        comp_datasets::available_cores()
     );
     let mut ok = true;
     for device in std::iter::once(Device::Cpu).chain((0..n).map(|i| Device::Cuda(i as usize))) {
@@ -36,12 +36,6 @@ pub fn run() -> Result<()> {
     }
     anyhow::ensure!(ok, "a device failed the tensor check");
     Ok(())
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 fn libtorch_version() -> String {

@@ -64,7 +64,7 @@ pub fn run(args: PreprocessArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let workers = super::common::workers(args.workers);
+    let workers = comp_datasets::threads_or_all_cores(args.workers);
     let limit = args.limit.unwrap_or(usize::MAX);
     let mut skips: BTreeMap<String, u64> = BTreeMap::new();
     let mut samples: Vec<ProcessedSample> = Vec::new();

@@ -92,10 +92,9 @@ impl Trainer {
         let threads = if cfg.threads > 0 {
             cfg.threads
         } else {
-            let cores = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            cores.saturating_sub(cfg.data.workers.max(1)).max(1)
+            comp_datasets::available_cores()
+                .saturating_sub(cfg.data.workers.max(1))
+                .max(1)
         };
         tch::set_num_threads(threads as i32);
         tch::manual_seed(cfg.seed as i64);

@@ -257,10 +257,7 @@ pub fn generate(out_dir: &Path, cfg: &DemoConfig) -> Result<DemoSummary, DemoErr
         path: out_dir.to_path_buf(),
         source,
     })?;
-    let threads = match cfg.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = crate::threads_or_all_cores(cfg.threads);
     let schema = schema();
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
