@@ -84,9 +84,14 @@ fn main() {
         per_worker[1] / per_worker[0]
     );
 
-    // Memory: a consumer that takes one batch every 20 ms over 3 epochs, after stalling for a second.
+    // Memory: a consumer that takes one batch every 20 ms over several epochs (env BENCH_EPOCHS,
+    // default 3), after stalling for a second.
+    let epochs: u64 = std::env::var("BENCH_EPOCHS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     cfg.workers = 2;
-    cfg.dataset.epochs = Some(3);
+    cfg.dataset.epochs = Some(epochs);
     let in_flight = 4 * cfg.workers;
     let max_sample = cfg.image.max_pixels / 196 * patch_dim(&cfg.image) * 4;
     let bound = (cfg.pack.buffer_size + in_flight + 1) * max_sample // packer buffer + in flight
@@ -110,7 +115,7 @@ fn main() {
     let streamed = loader.metrics().bytes_read.load(Ordering::Relaxed);
     let mb = |b: u64| b as f64 / 1e6;
     println!(
-        "\nmemory with a slow consumer (3 epochs, {:.0} MB of encoded images streamed):",
+        "\nmemory with a slow consumer ({epochs} epochs, {:.0} MB of encoded images streamed):",
         mb(streamed)
     );
     println!(
@@ -136,5 +141,7 @@ fn main() {
             first / 1e6,
             last / 1e6
         );
+        let series: Vec<String> = samples.iter().map(|&s| format!("{:.0}", mb(s))).collect();
+        println!("  growth every 20 batches (MB): {}", series.join(" "));
     }
 }
