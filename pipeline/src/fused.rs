@@ -575,6 +575,10 @@ mod tests {
             (3, (308, 451), (308, 448)),
             (4, (61, 97), (56, 112)),
             (5, (900, 700), (392, 392)),
+            // Extremes: a 1- and 2-pixel side grown to 28, and a 40x vertical shrink (83 taps).
+            (6, (2, 300), (28, 308)),
+            (7, (1, 1), (28, 28)),
+            (8, (3000, 20), (56, 28)),
         ] {
             let img = noise_image(h, w, seed);
             let fast = resample_patchify_with(&img, oh, ow, &cfg, Isa::Avx2).unwrap();
@@ -589,6 +593,36 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(worst <= step, "{h}x{w} -> {oh}x{ow}: {worst}");
+        }
+    }
+
+    #[test]
+    fn extreme_geometries_agree_with_fast_image_resize() {
+        use crate::patchify::patchify;
+        use crate::resize::resample;
+        let cfg = ImageConfig::clip();
+        let step = 1.0 / (255.0 * 0.26) + 1e-4;
+        for (seed, (h, w), (oh, ow)) in [
+            (11, (2, 300), (28, 308)),
+            (12, (1, 1), (28, 28)),
+            (13, (3000, 20), (56, 28)),
+            (14, (28, 5000), (28, 56)),
+        ] {
+            let img = noise_image(h, w, seed);
+            let got = resample_patchify(&img, oh, ow, &cfg).unwrap();
+            let want = patchify(&resample(img, oh as u32, ow as u32).unwrap(), &cfg).unwrap();
+            assert_eq!(got.grid_thw, want.grid_thw);
+            let worst = got
+                .pixel_values
+                .iter()
+                .zip(&want.pixel_values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 2.0 * step,
+                "{h}x{w} -> {oh}x{ow}: {}",
+                worst / step
+            );
         }
     }
 }
