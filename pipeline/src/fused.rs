@@ -516,6 +516,14 @@ mod tests {
         })
     }
 
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn weights_match_pillow_rules() {
         // Identity: one tap of weight 1.
@@ -586,12 +594,7 @@ mod tests {
             assert_eq!(fast.grid_thw, slow.grid_thw);
             // Same operations in a different summation order: at most one 8-bit step apart.
             let step = 1.0 / (255.0 * 0.26) + 1e-4;
-            let worst = fast
-                .pixel_values
-                .iter()
-                .zip(&slow.pixel_values)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&fast.pixel_values, &slow.pixel_values);
             assert!(worst <= step, "{h}x{w} -> {oh}x{ow}: {worst}");
         }
     }
@@ -612,12 +615,7 @@ mod tests {
             let got = resample_patchify(&img, oh, ow, &cfg).unwrap();
             let want = patchify(&resample(img, oh as u32, ow as u32).unwrap(), &cfg).unwrap();
             assert_eq!(got.grid_thw, want.grid_thw);
-            let worst = got
-                .pixel_values
-                .iter()
-                .zip(&want.pixel_values)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&got.pixel_values, &want.pixel_values);
             assert!(
                 worst <= 2.0 * step,
                 "{h}x{w} -> {oh}x{ow}: {}",
