@@ -6,7 +6,7 @@
 //! walk at the cursor's window without opening any earlier footer.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::dataset::Shared;
 use crate::plan::{row_group_order, shard_order};
@@ -205,12 +205,9 @@ impl Planner {
 /// records the skip (the trainer's per-stage report counts them); repeating the same warning each
 /// time would only bury other messages.
 fn warn_once(path: &Path, err: &DatasetError) {
-    static WARNED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    static WARNED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
     let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    if warned
-        .get_or_insert_with(HashSet::new)
-        .insert(path.to_path_buf())
-    {
+    if warned.insert(path.to_path_buf()) {
         tracing::warn!("skipping shard: {err}");
     }
 }

@@ -121,6 +121,8 @@ const LANES: usize = 8;
 /// lanes past the last output).
 #[derive(Debug, Clone)]
 pub(crate) struct Groups {
+    /// One past the last source pixel any group reads.
+    source_end: usize,
     base: Vec<usize>,
     span: Vec<usize>,
     offset: Vec<usize>,
@@ -132,6 +134,7 @@ impl Groups {
         let out = taps.start.len();
         let n = out.div_ceil(LANES);
         let mut g = Groups {
+            source_end: 0,
             base: Vec::with_capacity(n),
             span: Vec::with_capacity(n),
             offset: Vec::with_capacity(n),
@@ -147,6 +150,7 @@ impl Groups {
                     g.weights[offset + (taps.start[i] + k - lo) * LANES + lane] = w;
                 }
             }
+            g.source_end = g.source_end.max(hi);
             g.base.push(lo);
             g.span.push(hi - lo);
             g.offset.push(offset);
@@ -245,7 +249,8 @@ pub(crate) fn resample_patchify_with(
     let raw = img.as_raw();
     Ok(SCRATCH.with(|scratch| {
         let Scratch { ring, rows, band } = &mut *scratch.borrow_mut();
-        ring.clear();
+        // Not cleared between images: every value a pass reads is written for this image first, except
+        // the padding lanes past `row_len`, whose (finite) values only reach outputs nobody reads.
         ring.resize(ring_rows * row_stride, 0.0);
         rows.resize(band_rows * row_stride, 0.0);
         let mut widened = 0;
@@ -350,8 +355,7 @@ fn horizontal_rows(
 ) {
     assert!((1..=4).contains(&n) && r0 + n <= out.plane / out.stride);
     assert!(3 * out.plane <= out.band.len() && groups.len() * LANES <= out.stride);
-    let shortest = src.iter().map(|s| s.len()).min().unwrap_or(0);
-    assert!((0..groups.len()).all(|g| (groups.base[g] + groups.span[g]) * 3 <= shortest));
+    assert!(src.iter().all(|s| groups.source_end * 3 <= s.len()));
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2/FMA present; the asserts above bound every load (source pixel `base + s` of a
