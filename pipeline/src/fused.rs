@@ -172,7 +172,7 @@ impl Groups {
 struct Scratch {
     /// Ring of source rows widened to f32, `ring_rows x row_stride`.
     ring: Vec<f32>,
-    /// The band's vertically resampled rows (interleaved), `band_rows x row_stride`.
+    /// Four vertically resampled rows (interleaved), `4 x row_stride`.
     rows: Vec<f32>,
     /// The band's normalised planes for [`patches_from_bands`].
     band: Vec<f32>,
@@ -252,7 +252,7 @@ pub(crate) fn resample_patchify_with(
         // Not cleared between images: every value a pass reads is written for this image first, except
         // the padding lanes past `row_len`, whose (finite) values only reach outputs nobody reads.
         ring.resize(ring_rows * row_stride, 0.0);
-        rows.resize(band_rows * row_stride, 0.0);
+        rows.resize(4 * row_stride, 0.0);
         let mut widened = 0;
         let mut offsets = Vec::new();
         patches_from_bands(grid_h, grid_w, out_stride, cfg, band, |bh, band| {
@@ -263,24 +263,6 @@ pub(crate) fn resample_patchify_with(
                 widen(&raw[y * row_len..(y + 1) * row_len], dst, isa);
             }
             widened = widened.max(hi);
-            if !vertical_identity {
-                for (r, out) in rows.chunks_exact_mut(row_stride).enumerate() {
-                    let y = first + r;
-                    offsets.clear();
-                    offsets.extend(
-                        (0..vertical.len[y])
-                            .map(|k| ((vertical.start[y] + k) % ring_rows) * row_stride),
-                    );
-                    vertical_row(ring, &offsets, vertical.weights(y), out, isa);
-                }
-            }
-            let source = |r: usize| -> &[f32] {
-                if vertical_identity {
-                    &ring[((first + r) % ring_rows) * row_stride..][..row_stride]
-                } else {
-                    &rows[r * row_stride..(r + 1) * row_stride]
-                }
-            };
             let mut out = BandOut {
                 band,
                 plane: band_rows * out_stride,
@@ -288,9 +270,29 @@ pub(crate) fn resample_patchify_with(
                 scale,
                 bias,
             };
+            // Four rows at a time: their vertical pass, then their horizontal pass while the four
+            // resampled rows are still in L1.
             for r0 in (0..band_rows).step_by(4) {
                 let n = (band_rows - r0).min(4);
-                let src: [&[f32]; 4] = std::array::from_fn(|i| source(r0 + i.min(n - 1)));
+                if !vertical_identity {
+                    for (r, out) in rows.chunks_exact_mut(row_stride).take(n).enumerate() {
+                        let y = first + r0 + r;
+                        offsets.clear();
+                        offsets.extend(
+                            (0..vertical.len[y])
+                                .map(|k| ((vertical.start[y] + k) % ring_rows) * row_stride),
+                        );
+                        vertical_row(ring, &offsets, vertical.weights(y), out, isa);
+                    }
+                }
+                let source = |r: usize| -> &[f32] {
+                    if vertical_identity {
+                        &ring[((first + r0 + r) % ring_rows) * row_stride..][..row_stride]
+                    } else {
+                        &rows[r * row_stride..(r + 1) * row_stride]
+                    }
+                };
+                let src: [&[f32]; 4] = std::array::from_fn(|i| source(i.min(n - 1)));
                 horizontal_rows(src, n, r0, &horizontal, &mut out, isa);
             }
         })
