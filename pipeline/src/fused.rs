@@ -629,4 +629,39 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn odd_patch_sizes_and_two_frames() {
+        // 4- and 10-pixel patches (runs of a length not specialised at compile time) with T = 2 (the
+        // second frame repeats the first): both ISAs against fast_image_resize + patchify.
+        use crate::patchify::patchify;
+        use crate::resize::resample;
+        let step = 1.0 / (255.0 * 0.26) + 1e-4;
+        for (patch_size, seed, (h, w), (oh, ow)) in [
+            (4, 21, (61, 97), (56, 112)),
+            (4, 22, (300, 451), (304, 448)),
+            (10, 23, (333, 123), (300, 120)),
+        ] {
+            let cfg = ImageConfig {
+                patch_size,
+                temporal_patch_size: 2,
+                ..ImageConfig::clip()
+            };
+            let img = noise_image(h, w, seed);
+            let want =
+                patchify(&resample(img.clone(), oh as u32, ow as u32).unwrap(), &cfg).unwrap();
+            let mut isas = vec![Isa::Portable];
+            isas.extend(Some(Isa::detect()).filter(|&i| i != Isa::Portable));
+            for isa in isas {
+                let got = resample_patchify_with(&img, oh, ow, &cfg, isa).unwrap();
+                assert_eq!(got.grid_thw, want.grid_thw);
+                let worst = max_abs_diff(&got.pixel_values, &want.pixel_values);
+                assert!(
+                    worst <= 2.0 * step,
+                    "{isa:?} p={patch_size} {h}x{w} -> {oh}x{ow}: {}",
+                    worst / step
+                );
+            }
+        }
+    }
 }

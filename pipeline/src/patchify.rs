@@ -306,11 +306,14 @@ fn write_runs(
 ) {
     for (c, channel) in row.chunks_exact_mut(t * p * p).enumerate() {
         let src_plane = &view.band[c * view.plane..(c + 1) * view.plane];
-        for frame in channel.chunks_exact_mut(p * p) {
-            for (r, dst) in frame.chunks_exact_mut(p).enumerate() {
-                let start = (y0 + r) * view.stride + x0;
-                copy(dst, &src_plane[start..start + p]);
-            }
+        let (first, copies) = channel.split_at_mut(p * p);
+        for (r, dst) in first.chunks_exact_mut(p).enumerate() {
+            let start = (y0 + r) * view.stride + x0;
+            copy(dst, &src_plane[start..start + p]);
+        }
+        // Further temporal copies repeat the first frame, one contiguous block each.
+        for frame in copies.chunks_exact_mut(p * p) {
+            frame.copy_from_slice(first);
         }
     }
 }
