@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use comp_datasets::demo::{DemoConfig, generate, generate_row};
-use comp_pipeline::loader::{Loader, LoaderConfig};
+use comp_pipeline::loader::{ASSEMBLING_BATCHES, Loader, LoaderConfig};
 use comp_pipeline::patchify::patch_dim;
 use comp_pipeline::tokenize::train_demo_tokenizer;
 
@@ -95,7 +95,7 @@ fn main() {
     let in_flight = 4 * cfg.workers;
     let max_sample = cfg.image.max_pixels / 196 * patch_dim(&cfg.image) * 4;
     let bound = (cfg.pack.buffer_size + in_flight + 1) * max_sample // packer buffer + in flight
-        + cfg.batch_queue * cfg.pack.max_patches * patch_dim(&cfg.image) * 4 // finished batches
+        + (cfg.batch_queue + 2 * (ASSEMBLING_BATCHES + 1)) * cfg.pack.max_patches * patch_dim(&cfg.image) * 4 // finished and assembling batches
         + (cfg.dataset.shuffle_window + cfg.dataset.read_ahead) * (summary.image_bytes as usize / (4 * 6)); // row groups
     let base = rss_bytes();
     let mut loader = Loader::start(cfg.clone(), None).unwrap();

@@ -129,4 +129,32 @@ fn main() {
         };
         report("max_tokens 4096 (patches bind)", &run(&loose, &samples));
     }
+    assembly();
+}
+
+/// One thread's speed at copying chosen samples into batches (`PendingBatch::build`), with real
+/// pixel buffers (Qwen2-VL's T=2 rows of 1176 f32): the rate a loader would be capped at if every
+/// batch were assembled on one thread (ours runs assembly on its worker pool).
+fn assembly() {
+    const PATCH_DIM: usize = 1176;
+    let samples = mixes::samples(&mixes::shapes(Mix::HeavyTailed, 600, 11), PATCH_DIM);
+    let bytes: usize = samples.iter().map(|s| s.pixel_values.len() * 4).sum();
+    let mut packer = Packer::new(PackConfig::default(), PATCH_DIM, 5).unwrap();
+    let mut pending = Vec::new();
+    for s in samples.iter().cloned() {
+        pending.extend(packer.push_pending(s).unwrap());
+    }
+    pending.extend(packer.flush_pending());
+    let images: usize = pending.iter().map(|b| b.len()).sum();
+    let t0 = Instant::now();
+    for b in pending {
+        std::hint::black_box(b.build());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "batch assembly on one thread (heavy-tailed mix, T=2 pixels, {:.1} MB per image): {:.0} images/s, {:.1} GB/s",
+        bytes as f64 / 1e6 / samples.len() as f64,
+        images as f64 / secs,
+        bytes as f64 / 1e9 / secs
+    );
 }

@@ -22,7 +22,7 @@ pub mod word_prior;
 
 pub use batch::{Budgets, FillStats, IGNORE_INDEX, PackedBatch, ProcessedSample};
 pub use decode::{ImageError, decode};
-pub use pack::{PackConfig, PackError, Packer};
+pub use pack::{PackConfig, PackError, Packer, PendingBatch};
 pub use patchify::{ProcessedImage, patch_dim, process_image, process_rgb};
 pub use resize::{ImageConfig, ResizePolicy, smart_resize};
 pub use tokenize::{

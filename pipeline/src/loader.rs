@@ -3,11 +3,14 @@
 //! ```text
 //!  datasets stream ──► ordered parallel map (decode+resize+patchify+tokenize on `workers` threads,
 //!  (tokio task)         at most `in_flight` samples outstanding)
-//!                  ──► packer (sequential, deterministic) ──► bounded batch queue ──► consumer
+//!                  ──► packer (sequential, deterministic: chooses each batch's samples)
+//!                  ──► batch assembly (copies into one buffer, on the same pool, in order,
+//!                      at most `ASSEMBLING_BATCHES + 1` at once) ──► bounded batch queue ──► consumer
 //! ```
 //! Backpressure: when the consumer stops taking batches, the batch queue fills, the packer blocks on
 //! `send`, the ordered map stops polling, and the dataset stream stops reading. Memory is therefore bounded
-//! by `batch_queue` batches + `in_flight` samples + the packer's buffer + the dataset read-ahead.
+//! by `batch_queue` batches + `ASSEMBLING_BATCHES + 1` batches being assembled (each twice over: its
+//! samples and its buffer) + `in_flight` samples + the packer's buffer + the dataset read-ahead.
 //!
 //! Determinism: the ordered map yields samples in dataset order whatever the worker count or timing, and
 //! the packer is a pure function of its input order, so the batch stream depends only on config and seed.
@@ -29,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{Budgets, PackedBatch, ProcessedSample};
-use crate::pack::{PackConfig, Packer};
+use crate::pack::{PackConfig, Packer, PendingBatch};
 use crate::patchify::{patch_dim, process_image};
 use crate::resize::ImageConfig;
 use crate::tokenize::{CaptionTokenizer, TextConfig};
@@ -293,6 +296,7 @@ impl Job {
         } = self;
         let shards: Arc<Vec<std::path::PathBuf>> = Arc::new(dataset.shards().to_vec());
         let shards_for_packer = shards.clone();
+        let assembly_pool = pool.clone();
         let patch_dim = patch_dim(&image);
         let image_token_id = tokenizer.image_token_id();
         let mut replay_skip: BTreeSet<SampleId> = state.already_emitted.iter().copied().collect();
@@ -385,6 +389,9 @@ impl Job {
             .map_err(|e| LoaderError::Config(e.to_string()))?;
         let mut tracker = ResumeTracker::new(state);
         let mut good = 0u64;
+        // Batches being assembled on the pool, oldest first: they are sent in this order, so the
+        // stream stays deterministic, and at most `ASSEMBLING_BATCHES` are outstanding.
+        let mut assembling: VecDeque<oneshot::Receiver<LoaderBatch>> = VecDeque::new();
 
         while let Some(p) = processed.next().await {
             let p = p.map_err(|e| match e {
@@ -416,7 +423,7 @@ impl Job {
                         .fetch_add(sample.num_tokens() as u64, Ordering::Relaxed);
                     let id = sample.id;
                     tracker.pulled(id, at);
-                    match packer.push(*sample) {
+                    match packer.push_pending(*sample) {
                         Ok(batch) => batch.into_iter().collect::<Vec<_>>(),
                         Err(rejected) => {
                             metrics.skip(
@@ -428,15 +435,21 @@ impl Job {
                     }
                 }
             };
-            for b in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
-                if !send(&tx, &metrics, b).await {
-                    return Ok(()); // the consumer is gone
+            for (b, state) in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
+                assembling.push_back(assemble(&assembly_pool, b, state)?);
+                while assembling.len() > ASSEMBLING_BATCHES {
+                    if !send_next(&mut assembling, &tx, &metrics).await? {
+                        return Ok(()); // the consumer is gone
+                    }
                 }
             }
         }
-        let batches = packer.flush();
-        for b in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
-            if !send(&tx, &metrics, b).await {
+        let batches = packer.flush_pending();
+        for (b, state) in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
+            assembling.push_back(assemble(&assembly_pool, b, state)?);
+        }
+        while !assembling.is_empty() {
+            if !send_next(&mut assembling, &tx, &metrics).await? {
                 return Ok(());
             }
         }
@@ -445,6 +458,45 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// Batches assembled on the pool at once, beyond the one being sent: enough to keep the copying off
+/// the packer's path, few enough that memory stays bounded (see the module docs). Each holds its
+/// samples and the batch being built from them until it is sent.
+pub const ASSEMBLING_BATCHES: usize = 2;
+
+/// Copy a chosen batch's samples into one [`PackedBatch`] on the worker pool: for a batch of
+/// thousands of patches this is tens of megabytes, CPU work that does not belong on the async
+/// executor and would cap a many-core loader at one thread's copying speed.
+fn assemble(
+    pool: &crossbeam_channel::Sender<Task>,
+    batch: PendingBatch,
+    state: LoaderState,
+) -> Result<oneshot::Receiver<LoaderBatch>, LoaderError> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let task = Task {
+        run: Box::new(move || {
+            let _ = done_tx.send(LoaderBatch {
+                batch: batch.build(),
+                state,
+            });
+        }),
+    };
+    pool.send(task).map_err(|_| LoaderError::PoolGone)?;
+    Ok(done_rx)
+}
+
+/// Wait for the oldest batch being assembled and send it; `false` when the consumer is gone.
+async fn send_next(
+    assembling: &mut VecDeque<oneshot::Receiver<LoaderBatch>>,
+    tx: &mpsc::Sender<Result<LoaderBatch, LoaderError>>,
+    metrics: &LoaderMetrics,
+) -> Result<bool, LoaderError> {
+    let Some(next) = assembling.pop_front() else {
+        return Ok(true);
+    };
+    let batch = next.await.map_err(|_| LoaderError::PoolGone)?;
+    Ok(send(tx, metrics, batch).await)
 }
 
 /// `shard-path:row`, the way every data message names a sample.
@@ -499,12 +551,12 @@ impl ResumeTracker {
     }
 
     /// Attach states to a group of batches emitted at one point, dropping those a resume must skip.
-    fn emitted(
+    fn emitted<B>(
         &mut self,
-        batches: Vec<PackedBatch>,
+        batches: Vec<B>,
         buffered: &[SampleId],
         budgets: Option<Budgets>,
-    ) -> Vec<LoaderBatch> {
+    ) -> Vec<(B, LoaderState)> {
         if batches.is_empty() {
             return Vec::new();
         }
@@ -521,11 +573,11 @@ impl ResumeTracker {
                 discard_batches: (i + 1) as u64,
                 ..before.clone()
             };
-            out.push(LoaderBatch { batch, state });
+            out.push((batch, state));
         }
         let mut after = self.state_after(buffered, before.batches_emitted + n as u64);
         after.budgets = budgets;
-        out.last_mut().expect("non-empty").state = after.clone();
+        out.last_mut().expect("non-empty").1 = after.clone();
         self.last = after;
         out.into_iter().skip(skip).collect()
     }

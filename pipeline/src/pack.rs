@@ -194,6 +194,23 @@ impl Packer {
     /// Add a sample; returns a batch when this push filled the buffer. A sample that can never fit is
     /// refused with [`PackError::Oversized`] and not buffered (the stream goes on).
     pub fn push(&mut self, sample: ProcessedSample) -> Result<Option<PackedBatch>, PackError> {
+        Ok(self.push_pending(sample)?.map(PendingBatch::build))
+    }
+
+    /// End of stream: pack everything still buffered.
+    pub fn flush(&mut self) -> Vec<PackedBatch> {
+        self.flush_pending()
+            .into_iter()
+            .map(PendingBatch::build)
+            .collect()
+    }
+
+    /// [`push`](Self::push), but the batch is returned unassembled: the caller decides where the
+    /// copying into one batch happens (the loader runs it on its worker pool).
+    pub fn push_pending(
+        &mut self,
+        sample: ProcessedSample,
+    ) -> Result<Option<PendingBatch>, PackError> {
         let patches = sample.num_patches();
         if sample.pixel_values.len() != patches * self.patch_dim {
             return Err(PackError::PatchDim {
@@ -229,8 +246,8 @@ impl Packer {
         Ok(Some(self.cut(budgets)))
     }
 
-    /// End of stream: pack everything still buffered.
-    pub fn flush(&mut self) -> Vec<PackedBatch> {
+    /// [`flush`](Self::flush), with the batches unassembled.
+    pub fn flush_pending(&mut self) -> Vec<PendingBatch> {
         if self.buffer.is_empty() {
             return Vec::new();
         }
@@ -269,8 +286,8 @@ impl Packer {
         b
     }
 
-    /// Cut one batch out of the buffer (which must be non-empty) and build it.
-    fn cut(&mut self, budgets: Budgets) -> PackedBatch {
+    /// Cut one batch out of the buffer (which must be non-empty).
+    fn cut(&mut self, budgets: Budgets) -> PendingBatch {
         let sizes: Vec<(u64, u64)> = self.buffer.iter().map(|e| (e.patches, e.tokens)).collect();
         let mut chosen = select(&sizes, &self.cfg.bucket_boundaries, budgets);
         chosen.sort_unstable();
@@ -279,7 +296,45 @@ impl Packer {
             samples.push(self.buffer.remove(i).sample);
         }
         samples.reverse();
-        PackedBatch::from_samples(samples, self.patch_dim, self.image_token_id, budgets)
+        PendingBatch {
+            samples,
+            patch_dim: self.patch_dim,
+            image_token_id: self.image_token_id,
+            budgets,
+        }
+    }
+}
+
+/// A batch the packer has chosen but not yet assembled: its samples in batch order and the budgets it
+/// was cut under. Choosing is cheap and sequential; [`build`](Self::build) copies every sample's
+/// pixels and tokens into the batch's buffers, which is worth running off the packer's thread.
+#[derive(Debug)]
+pub struct PendingBatch {
+    samples: Vec<ProcessedSample>,
+    patch_dim: usize,
+    image_token_id: i64,
+    budgets: Budgets,
+}
+
+impl PendingBatch {
+    /// Number of samples in the batch.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the batch has no samples (never true for a batch the packer cut).
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Concatenate the samples into one [`PackedBatch`].
+    pub fn build(self) -> PackedBatch {
+        PackedBatch::from_samples(
+            self.samples,
+            self.patch_dim,
+            self.image_token_id,
+            self.budgets,
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use comp_datasets::SampleId;
 use comp_datasets::demo::{DemoConfig, generate};
 use comp_pipeline::PackedBatch;
-use comp_pipeline::loader::{Loader, LoaderConfig, LoaderState};
+use comp_pipeline::loader::{ASSEMBLING_BATCHES, Loader, LoaderConfig, LoaderState};
 use comp_pipeline::tokenize::train_demo_tokenizer;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
@@ -182,6 +182,7 @@ fn a_stalled_consumer_stops_the_stages_upstream() {
     let d = demo();
     let cfg = config(&d.data, &d.tokenizer, 2);
     let bound = cfg.batch_queue * cfg.pack.max_images // batches waiting
+        + ASSEMBLING_BATCHES * cfg.pack.max_images // batches being assembled
         + cfg.pack.buffer_size // the packer's buffer
         + 4 * cfg.workers // in flight
         + 1; // the sample being pushed
