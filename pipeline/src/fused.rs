@@ -6,13 +6,16 @@
 //! (0.17 MP, resized by a few percent to multiples of 28) a general RGB8 resizer costs about as much
 //! as decoding the JPEG, and its output is then read again to normalise and cut it. Here:
 //!
-//! 1. source rows are widened to f32 once each (a ring of the rows the current band needs);
-//! 2. the **vertical** pass runs first: each output row is a weighted sum of a few whole source rows,
-//!    contiguous multiply-adds over the interleaved values, rounded and clamped to 0..=255 as PIL's
-//!    8-bit intermediate is;
-//! 3. the **horizontal** pass turns groups of 8 output pixels into one weight matrix over the source
-//!    pixels they touch (`span x 8`, zero outside each pixel's taps): every source value is broadcast
-//!    once and multiplied into all 8 outputs, so there are no gathers, and 4 rows x 3 channels are
+//! 1. source rows are widened to f32 once each, split into three padded channel planes (a ring of the
+//!    rows the current band needs);
+//! 2. the **vertical** pass runs first, four output rows at a time: each is a weighted sum of a few
+//!    whole source rows, contiguous multiply-adds, rounded and clamped to 0..=255 as PIL's 8-bit
+//!    intermediate is;
+//! 3. the **horizontal** pass, on those four rows while they are in L1, computes 8 output pixels of a
+//!    plane at once: lane `l` of output pixel `8g + l` reads source pixel `base + l + q` at step `q`,
+//!    so every step is one contiguous load per row and channel times a weight vector (zero where a
+//!    pixel is not one of that output's taps). Near scale 1 that is 5-6 steps per 8 outputs, the
+//!    taps themselves plus one for the drift of the window across the lanes; 4 rows x 3 channels are
 //!    accumulated together to keep the multiply-add units busy. The result is rounded to 8 bits,
 //!    normalised and stored as planar rows;
 //! 4. the band's patches are cut by [`patches_from_bands`].
@@ -26,7 +29,9 @@ use image::RgbImage;
 use std::cell::RefCell;
 
 use crate::decode::ImageError;
-use crate::patchify::{ProcessedImage, check_grid, normalise_affine, patches_from_bands};
+use crate::patchify::{
+    ProcessedImage, check_grid, normalise_affine, normalise_planar, patches_from_bands,
+};
 use crate::resize::ImageConfig;
 
 /// Pillow's bicubic kernel with `a = -0.5` (Catmull-Rom).
@@ -115,18 +120,25 @@ impl Taps {
 /// Output pixels per horizontal group: one AVX register of f32.
 const LANES: usize = 8;
 
-/// The horizontal taps regrouped for the broadcast kernel: group `g` covers output pixels
-/// `8g .. 8g + 8`; its `span x 8` matrix holds, at `[s][lane]`, the weight of source pixel
-/// `base + s` in output `8g + lane` (zero where that pixel is not one of the output's taps, and for
-/// lanes past the last output).
+/// Left padding of each planar source row, in pixels: a group's loads may start up to 7 pixels
+/// before pixel 0 (see [`Groups`]).
+const PAD: usize = LANES;
+
+/// The horizontal taps regrouped for planar rows. Group `g` covers output pixels `8g .. 8g + 8`;
+/// lane `l` of its `q`-th weight vector multiplies source pixel `base + l + q`. Each step of the
+/// kernel is then one contiguous 8-pixel load per row and channel times one weight vector, and a
+/// group takes `steps` of them: a pixel's own 4-5 taps plus the drift of its start across the 8
+/// lanes (one step at scales near 1). A weight is zero where `base + l + q` is not one of output
+/// `8g + l`'s taps, and for lanes past the last output.
 #[derive(Debug, Clone)]
 pub(crate) struct Groups {
-    /// One past the last source pixel any group reads.
-    source_end: usize,
-    base: Vec<usize>,
-    span: Vec<usize>,
+    /// Lane 0's first source pixel, per group (up to 7 left of pixel 0 when growing).
+    base: Vec<isize>,
+    steps: Vec<usize>,
     offset: Vec<usize>,
     weights: Vec<f32>,
+    /// The lowest source pixel any load reads, and one past the highest.
+    reach: (isize, isize),
 }
 
 impl Groups {
@@ -134,25 +146,37 @@ impl Groups {
         let out = taps.start.len();
         let n = out.div_ceil(LANES);
         let mut g = Groups {
-            source_end: 0,
             base: Vec::with_capacity(n),
-            span: Vec::with_capacity(n),
+            steps: Vec::with_capacity(n),
             offset: Vec::with_capacity(n),
             weights: Vec::new(),
+            reach: (0, 0),
         };
         for first in (0..out).step_by(LANES) {
-            let last = (first + LANES).min(out);
-            let (lo, hi) = taps.source_range(first, last);
+            let lanes = first..(first + LANES).min(out);
+            let lane = |i: usize| (i - first) as isize;
+            let base = lanes
+                .clone()
+                .map(|i| taps.start[i] as isize - lane(i))
+                .min()
+                .expect("a group has a lane");
+            let steps = lanes
+                .clone()
+                .map(|i| (taps.start[i] + taps.len[i]) as isize - lane(i) - base)
+                .max()
+                .expect("a group has a lane") as usize;
             let offset = g.weights.len();
-            g.weights.resize(offset + (hi - lo) * LANES, 0.0);
-            for (lane, i) in (first..last).enumerate() {
+            g.weights.resize(offset + steps * LANES, 0.0);
+            for i in lanes {
                 for (k, &w) in taps.weights(i).iter().enumerate() {
-                    g.weights[offset + (taps.start[i] + k - lo) * LANES + lane] = w;
+                    let q = (taps.start[i] + k) as isize - lane(i) - base;
+                    g.weights[offset + q as usize * LANES + (i - first)] = w;
                 }
             }
-            g.source_end = g.source_end.max(hi);
-            g.base.push(lo);
-            g.span.push(hi - lo);
+            g.reach.0 = g.reach.0.min(base);
+            g.reach.1 = g.reach.1.max(base + (steps + LANES - 1) as isize);
+            g.base.push(base);
+            g.steps.push(steps);
             g.offset.push(offset);
         }
         g
@@ -163,16 +187,22 @@ impl Groups {
     }
 
     fn matrix(&self, g: usize) -> &[f32] {
-        &self.weights[self.offset[g]..self.offset[g] + self.span[g] * LANES]
+        &self.weights[self.offset[g]..self.offset[g] + self.steps[g] * LANES]
+    }
+
+    /// Floats per channel plane of a source row of `width` pixels: the left padding, the pixels,
+    /// and whatever the loads reach past them, in whole vectors.
+    fn plane_len(&self, width: usize) -> usize {
+        (PAD + width.max(self.reach.1.max(0) as usize)).next_multiple_of(LANES)
     }
 }
 
 /// Per-thread buffers, reused from image to image.
 #[derive(Default)]
 struct Scratch {
-    /// Ring of source rows widened to f32, `ring_rows x row_stride`.
+    /// Ring of source rows widened to f32 as three padded planes each, `ring_rows x row_stride`.
     ring: Vec<f32>,
-    /// Four vertically resampled rows (interleaved), `4 x row_stride`.
+    /// Four vertically resampled rows (same layout), `4 x row_stride`.
     rows: Vec<f32>,
     /// The band's normalised planes for [`patches_from_bands`].
     band: Vec<f32>,
@@ -231,8 +261,14 @@ pub(crate) fn resample_patchify_with(
     let horizontal = Groups::new(&Taps::bicubic(in_w, out_w));
     let band_rows = cfg.merge_size * cfg.patch_size;
     let row_len = in_w * 3;
-    // Padded so that every vector load and store of a row stays inside it.
-    let row_stride = row_len.next_multiple_of(LANES);
+    // A row is three planes (R, G, B), each padded so that every load of the horizontal pass stays
+    // inside it; the vertical pass runs over whole rows, padding included.
+    let plane = horizontal.plane_len(in_w);
+    assert!(
+        horizontal.reach.0 >= -(PAD as isize),
+        "groups reach left of the padding"
+    );
+    let row_stride = 3 * plane;
     let out_stride = out_w.next_multiple_of(LANES);
     let vertical_identity = in_h == out_h;
     // The ring holds every source row one band reads; bands move down monotonically, so a row's slot
@@ -250,7 +286,7 @@ pub(crate) fn resample_patchify_with(
     Ok(SCRATCH.with(|scratch| {
         let Scratch { ring, rows, band } = &mut *scratch.borrow_mut();
         // Not cleared between images: every value a pass reads is written for this image first, except
-        // the padding lanes past `row_len`, whose (finite) values only reach outputs nobody reads.
+        // the padding around each plane's pixels, whose (finite) values only meet zero weights.
         ring.resize(ring_rows * row_stride, 0.0);
         rows.resize(4 * row_stride, 0.0);
         let mut widened = 0;
@@ -259,8 +295,11 @@ pub(crate) fn resample_patchify_with(
             let first = bh * band_rows;
             let (lo, hi) = vertical.source_range(first, first + band_rows);
             for y in widened.max(lo)..hi {
-                let dst = &mut ring[(y % ring_rows) * row_stride..][..row_len];
-                widen(&raw[y * row_len..(y + 1) * row_len], dst, isa);
+                let dst = &mut ring[(y % ring_rows) * row_stride..][..row_stride];
+                let (r, gb) = dst.split_at_mut(plane);
+                let (g, b) = gb.split_at_mut(plane);
+                let planes = [r, g, b].map(|p| &mut p[PAD..PAD + in_w]);
+                normalise_planar(&raw[y * row_len..(y + 1) * row_len], planes, &ONE, &ZERO);
             }
             widened = widened.max(hi);
             let mut out = BandOut {
@@ -293,25 +332,15 @@ pub(crate) fn resample_patchify_with(
                     }
                 };
                 let src: [&[f32]; 4] = std::array::from_fn(|i| source(i.min(n - 1)));
-                horizontal_rows(src, n, r0, &horizontal, &mut out, isa);
+                horizontal_rows(src, plane, n, r0, &horizontal, &mut out, isa);
             }
         })
     }))
 }
 
-/// Bytes to f32, same layout.
-fn widen(src: &[u8], dst: &mut [f32], isa: Isa) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
-        Isa::Avx2 => unsafe { x86::widen(src, dst) },
-        Isa::Portable => {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as f32;
-            }
-        }
-    }
-}
+/// `normalise_planar` with these is a plain widening to f32 (exact).
+const ONE: [f32; 3] = [1.0; 3];
+const ZERO: [f32; 3] = [0.0; 3];
 
 /// One output row of the vertical pass: `out = clamp(round(sum_k w[k] * ring[offsets[k]..]))`.
 fn vertical_row(ring: &[f32], offsets: &[usize], weights: &[f32], out: &mut [f32], isa: Isa) {
@@ -345,10 +374,11 @@ struct BandOut<'a> {
 }
 
 /// The horizontal pass for `n <= 4` rows (`src[i]` for `i >= n` repeat a real row and are not
-/// stored): round, normalise and store channel `c` of row `r0 + i` at `band[c * plane +
-/// (r0 + i) * stride ..]`.
+/// stored), each three planes of `plane` floats: round, normalise and store channel `c` of row
+/// `r0 + i` at `band[c * out.plane + (r0 + i) * out.stride ..]`.
 fn horizontal_rows(
     src: [&[f32]; 4],
+    plane: usize,
     n: usize,
     r0: usize,
     groups: &Groups,
@@ -357,21 +387,25 @@ fn horizontal_rows(
 ) {
     assert!((1..=4).contains(&n) && r0 + n <= out.plane / out.stride);
     assert!(3 * out.plane <= out.band.len() && groups.len() * LANES <= out.stride);
-    assert!(src.iter().all(|s| groups.source_end * 3 <= s.len()));
+    assert!(src.iter().all(|s| 3 * plane <= s.len()));
+    assert!(groups.reach.0 + PAD as isize >= 0 && groups.reach.1 + PAD as isize <= plane as isize);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA present; the asserts above bound every load (source pixel `base + s` of a
-        // group, 3 values each) and every store (8 lanes of group `g` at column `8g < stride`).
-        Isa::Avx2 => unsafe { x86::horizontal_rows(src, n, r0, groups, out) },
+        // SAFETY: AVX2/FMA present; the asserts above bound every load (8 floats at `PAD + base + q`
+        // of a plane, within `PAD + reach`) and every store (8 lanes of group `g` at column
+        // `8g < stride`).
+        Isa::Avx2 => unsafe { x86::horizontal_rows(src, plane, n, r0, groups, out) },
         Isa::Portable => {
             for g in 0..groups.len() {
                 let m = groups.matrix(g);
+                let start = (PAD as isize + groups.base[g]) as usize;
                 for (i, row) in src.iter().enumerate().take(n) {
                     for c in 0..3 {
                         let mut acc = [0f32; LANES];
-                        for s in 0..groups.span[g] {
-                            let v = row[(groups.base[g] + s) * 3 + c];
-                            for (a, &w) in acc.iter_mut().zip(&m[s * LANES..(s + 1) * LANES]) {
+                        for q in 0..groups.steps[g] {
+                            let v = &row[c * plane + start + q..][..LANES];
+                            let w = &m[q * LANES..(q + 1) * LANES];
+                            for ((a, &v), &w) in acc.iter_mut().zip(v).zip(w) {
                                 *a += v * w;
                             }
                         }
@@ -388,7 +422,7 @@ fn horizontal_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BandOut, Groups, LANES};
+    use super::{BandOut, Groups, LANES, PAD};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -396,24 +430,6 @@ mod x86 {
     fn round_clamp(v: __m256) -> __m256 {
         let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), _mm256_set1_ps(255.0))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn widen(src: &[u8], dst: &mut [f32]) {
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: 8 bytes read from and 8 floats written within the first `n` elements.
-            unsafe {
-                let b = _mm_loadl_epi64(src.as_ptr().add(i) as *const __m128i);
-                let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), f);
-            }
-            i += 8;
-        }
-        for j in i..n {
-            dst[j] = src[j] as f32;
-        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -460,30 +476,30 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn horizontal_rows(
         src: [&[f32]; 4],
+        plane: usize,
         n: usize,
         r0: usize,
         groups: &Groups,
         out: &mut BandOut,
     ) {
         let rows = src.map(|s| s.as_ptr());
-        let (plane, stride) = (out.plane, out.stride);
+        let (out_plane, stride) = (out.plane, out.stride);
         let scales = out.scale.map(|s| _mm256_set1_ps(s));
         let biases = out.bias.map(|b| _mm256_set1_ps(b));
         let dst = out.band.as_mut_ptr();
         for g in 0..groups.len() {
             let m = groups.matrix(g).as_ptr();
-            let base = groups.base[g] * 3;
+            let start = (PAD as isize + groups.base[g]) as usize;
             // 4 rows x 3 channels of 8 outputs: 12 independent accumulators.
             let mut acc = [[_mm256_setzero_ps(); 3]; 4];
-            for s in 0..groups.span[g] {
-                // SAFETY: the matrix has `span * 8` weights; source index `(base_px + s) * 3 + c` is
-                // below each row's length (checked by the caller).
+            for q in 0..groups.steps[g] {
+                // SAFETY: the matrix has `steps * 8` weights; the 8 floats at `c * plane + start + q`
+                // lie within each row's plane `c` (checked by the caller).
                 unsafe {
-                    let w = _mm256_loadu_ps(m.add(s * LANES));
-                    let at = base + 3 * s;
+                    let w = _mm256_loadu_ps(m.add(q * LANES));
                     for (a, row) in acc.iter_mut().zip(rows) {
                         for (c, ac) in a.iter_mut().enumerate() {
-                            let v = _mm256_broadcast_ss(&*row.add(at + c));
+                            let v = _mm256_loadu_ps(row.add(c * plane + start + q));
                             *ac = _mm256_fmadd_ps(v, w, *ac);
                         }
                     }
@@ -494,7 +510,7 @@ mod x86 {
                     let v = _mm256_fmadd_ps(round_clamp(a[c]), scales[c], biases[c]);
                     // SAFETY: row `r0 + i` of plane `c`, columns `8g .. 8g + 8 <= stride`.
                     unsafe {
-                        _mm256_storeu_ps(dst.add(c * plane + (r0 + i) * stride + g * LANES), v)
+                        _mm256_storeu_ps(dst.add(c * out_plane + (r0 + i) * stride + g * LANES), v)
                     };
                 }
             }
@@ -552,27 +568,49 @@ mod tests {
 
     #[test]
     fn group_matrices_reproduce_the_taps() {
-        for (inp, out) in [(512, 504), (300, 308), (1000, 392), (37, 56)] {
+        for (inp, out) in [
+            (512, 504),
+            (300, 308),
+            (1000, 392),
+            (37, 56),
+            (1, 28),
+            (5000, 56),
+        ] {
             let taps = Taps::bicubic(inp, out);
             let g = Groups::new(&taps);
+            assert!(g.reach.0 >= -(PAD as isize) && g.plane_len(inp) >= PAD + inp);
             for i in 0..out {
                 let (gi, lane) = (i / LANES, i % LANES);
                 let m = g.matrix(gi);
-                for s in 0..g.span[gi] {
-                    let src = g.base[gi] + s;
-                    let want = if src >= taps.start[i] && src < taps.start[i] + taps.len[i] {
-                        taps.weights(i)[src - taps.start[i]]
+                let window = g.base[gi] + lane as isize;
+                // Every tap of output `i` falls inside its lane's window of `steps` pixels...
+                assert!(taps.start[i] as isize >= window, "{inp}->{out} output {i}");
+                assert!(
+                    (taps.start[i] + taps.len[i]) as isize <= window + g.steps[gi] as isize,
+                    "{inp}->{out} output {i}"
+                );
+                // ...and the window's weights are exactly the taps, zero elsewhere.
+                for q in 0..g.steps[gi] {
+                    let src = window + q as isize;
+                    let k = src - taps.start[i] as isize;
+                    let want = if k >= 0 && (k as usize) < taps.len[i] {
+                        taps.weights(i)[k as usize]
                     } else {
                         0.0
                     };
                     assert_eq!(
-                        m[s * LANES + lane],
+                        m[q * LANES + lane],
                         want,
                         "{inp}->{out} output {i} source {src}"
                     );
                 }
+                assert!(window + (g.steps[gi] + LANES - 1 - lane) as isize <= g.reach.1);
             }
         }
+        // Near scale 1 a group needs one step more than a pixel's own taps, not the ~12 of a dense
+        // 8-pixel span.
+        let g = Groups::new(&Taps::bicubic(512, 504));
+        assert!(g.steps.iter().all(|&s| s <= 6), "{:?}", g.steps);
     }
 
     #[cfg(target_arch = "x86_64")]

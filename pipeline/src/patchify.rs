@@ -161,7 +161,12 @@ pub fn patchify(img: &RgbImage, cfg: &ImageConfig) -> Result<ProcessedImage, Ima
 }
 
 /// Interleaved RGB8 to three planes of `v * scale + bias`.
-fn normalise_planar(src: &[u8], planes: [&mut [f32]; 3], scale: &[f32; 3], bias: &[f32; 3]) {
+pub(crate) fn normalise_planar(
+    src: &[u8],
+    planes: [&mut [f32]; 3],
+    scale: &[f32; 3],
+    bias: &[f32; 3],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
