@@ -439,55 +439,49 @@ mod x86 {
         weights: &[f32],
         out: &mut [f32],
     ) {
-        let base = ring.as_ptr();
-        let dst = out.as_mut_ptr();
         let mut i = 0;
         // Eight independent accumulators (64 values) per step: each takes one multiply-add per tap,
         // and eight chains cover the multiply-add latency at two per cycle (four left it half idle).
         while i + 64 <= out.len() {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (&off, &w) in offsets.iter().zip(weights) {
-                let wv = _mm256_set1_ps(w);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `off + out.len() <= ring.len()` (checked by the caller).
-                    let v = unsafe { _mm256_loadu_ps(base.add(off + i + 8 * j)) };
-                    *a = _mm256_fmadd_ps(v, wv, *a);
-                }
-            }
-            for (j, a) in acc.into_iter().enumerate() {
-                // SAFETY: `i + 64 <= out.len()`.
-                unsafe { _mm256_storeu_ps(dst.add(i + 8 * j), round_clamp(a)) };
-            }
+            // SAFETY: `i + 64 <= out.len()`.
+            unsafe { vertical_strip::<8>(ring, offsets, weights, out, i) };
             i += 64;
         }
-        while i + 32 <= out.len() {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (&off, &w) in offsets.iter().zip(weights) {
-                let wv = _mm256_set1_ps(w);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `off + out.len() <= ring.len()` (checked by the caller).
-                    let v = unsafe { _mm256_loadu_ps(base.add(off + i + 8 * j)) };
-                    *a = _mm256_fmadd_ps(v, wv, *a);
-                }
-            }
-            for (j, a) in acc.into_iter().enumerate() {
-                // SAFETY: `i + 32 <= out.len()`.
-                unsafe { _mm256_storeu_ps(dst.add(i + 8 * j), round_clamp(a)) };
-            }
-            i += 32;
-        }
         while i + 8 <= out.len() {
-            let mut acc = _mm256_setzero_ps();
-            for (&off, &w) in offsets.iter().zip(weights) {
-                // SAFETY: as above.
-                let v = unsafe { _mm256_loadu_ps(base.add(off + i)) };
-                acc = _mm256_fmadd_ps(v, _mm256_set1_ps(w), acc);
-            }
             // SAFETY: `i + 8 <= out.len()`.
-            unsafe { _mm256_storeu_ps(dst.add(i), round_clamp(acc)) };
+            unsafe { vertical_strip::<1>(ring, offsets, weights, out, i) };
             i += 8;
         }
         debug_assert_eq!(i, out.len(), "row stride is a multiple of 8");
+    }
+
+    /// `out[i .. i + 8N]` of one vertical output row, with `N` independent accumulators.
+    ///
+    /// # Safety
+    /// AVX2/FMA present; `i + 8N <= out.len()` and `off + out.len() <= ring.len()` for every offset.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vertical_strip<const N: usize>(
+        ring: &[f32],
+        offsets: &[usize],
+        weights: &[f32],
+        out: &mut [f32],
+        i: usize,
+    ) {
+        let base = ring.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (&off, &w) in offsets.iter().zip(weights) {
+            let wv = _mm256_set1_ps(w);
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `off + i + 8N <= off + out.len() <= ring.len()` (the contract).
+                let v = unsafe { _mm256_loadu_ps(base.add(off + i + 8 * j)) };
+                *a = _mm256_fmadd_ps(v, wv, *a);
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            // SAFETY: `i + 8N <= out.len()` (the contract).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i + 8 * j), round_clamp(a)) };
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -390,7 +390,7 @@ impl Job {
         let mut tracker = ResumeTracker::new(state);
         let mut good = 0u64;
         // Batches being assembled on the pool, oldest first: they are sent in this order, so the
-        // stream stays deterministic, and at most `ASSEMBLING_BATCHES` are outstanding.
+        // stream stays deterministic (see `enqueue` for the bound).
         let mut assembling: VecDeque<oneshot::Receiver<LoaderBatch>> = VecDeque::new();
 
         while let Some(p) = processed.next().await {
@@ -436,17 +436,16 @@ impl Job {
                 }
             };
             for (b, state) in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
-                assembling.push_back(assemble(&assembly_pool, b, state)?);
-                while assembling.len() > ASSEMBLING_BATCHES {
-                    if !send_next(&mut assembling, &tx, &metrics).await? {
-                        return Ok(()); // the consumer is gone
-                    }
+                if !enqueue(&mut assembling, &assembly_pool, b, state, &tx, &metrics).await? {
+                    return Ok(()); // the consumer is gone
                 }
             }
         }
         let batches = packer.flush_pending();
         for (b, state) in tracker.emitted(batches, &packer.buffered_ids(), packer.budgets()) {
-            assembling.push_back(assemble(&assembly_pool, b, state)?);
+            if !enqueue(&mut assembling, &assembly_pool, b, state, &tx, &metrics).await? {
+                return Ok(());
+            }
         }
         while !assembling.is_empty() {
             if !send_next(&mut assembling, &tx, &metrics).await? {
@@ -464,6 +463,25 @@ impl Job {
 /// the packer's path, few enough that memory stays bounded (see the module docs). Each holds its
 /// samples and the batch being built from them until it is sent.
 pub const ASSEMBLING_BATCHES: usize = 2;
+
+/// Start assembling `batch` on the pool, then send the oldest batches until at most
+/// `ASSEMBLING_BATCHES` remain outstanding; `false` when the consumer is gone.
+async fn enqueue(
+    assembling: &mut VecDeque<oneshot::Receiver<LoaderBatch>>,
+    pool: &crossbeam_channel::Sender<Task>,
+    batch: PendingBatch,
+    state: LoaderState,
+    tx: &mpsc::Sender<Result<LoaderBatch, LoaderError>>,
+    metrics: &LoaderMetrics,
+) -> Result<bool, LoaderError> {
+    assembling.push_back(assemble(pool, batch, state)?);
+    while assembling.len() > ASSEMBLING_BATCHES {
+        if !send_next(assembling, tx, metrics).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// Copy a chosen batch's samples into one [`PackedBatch`] on the worker pool: for a batch of
 /// thousands of patches this is tens of megabytes, CPU work that does not belong on the async
