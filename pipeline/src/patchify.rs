@@ -13,7 +13,7 @@
 use image::RgbImage;
 use std::mem::MaybeUninit;
 
-use crate::decode::{ImageError, decode};
+use crate::decode::{ImageError, Source};
 use crate::resize::ImageConfig;
 
 /// One image, ready for a vision tower.
@@ -39,7 +39,14 @@ pub fn patch_dim(cfg: &ImageConfig) -> usize {
 
 /// Decode, resize (per `cfg.resize`), normalise and patchify one encoded image.
 pub fn process_image(bytes: &[u8], cfg: &ImageConfig) -> Result<ProcessedImage, ImageError> {
-    process_rgb(decode(bytes, cfg)?, cfg)
+    match crate::decode::decode_source(bytes, cfg)? {
+        Source::Rgb(img) => process_rgb(img, cfg),
+        Source::Planes(planes) => {
+            let (height, width) = cfg.target_size(planes.height as u32, planes.width as u32)?;
+            let isa = crate::fused::Isa::detect();
+            crate::fused::planes_patchify_with(&planes, height as usize, width as usize, cfg, isa)
+        }
+    }
 }
 
 /// Resize, normalise and patchify an already decoded RGB8 image. An image that needs resampling goes

@@ -54,6 +54,12 @@ pub struct ImageConfig {
     /// Decompression-bomb guard, checked against the header before any pixel buffer is allocated.
     pub max_decoded_pixels: u64,
     pub resize: ResizePolicy,
+    /// Resample a JPEG from its stored Y/Cb/Cr (or grey) planes and convert to RGB at the output
+    /// size, instead of decoding to RGB first (on by default). It skips the decoder's chroma
+    /// upsampling and colour conversion and resamples 4:2:0 chroma at quarter resolution. Grey JPEGs
+    /// give the same values either way; colour ones differ from the RGB route (Pillow's) only in how
+    /// chroma is interpolated (`cargo test -p comp-pipeline --test image planar` prints how much).
+    pub jpeg_planes: bool,
 }
 
 impl Default for ImageConfig {
@@ -77,6 +83,7 @@ impl ImageConfig {
             background: [255, 255, 255],
             max_decoded_pixels: 64 * 1024 * 1024,
             resize: ResizePolicy::Native,
+            jpeg_planes: true,
         }
     }
 

@@ -72,6 +72,22 @@ pub(crate) struct JpegHeader {
     pub is_cmyk: bool,
     /// Sample precision other than 8 bits (12-bit, lossless 16-bit) needs another decoder too.
     pub is_8bit: bool,
+    /// Pixels per chroma sample `(x, y)` when the file's Y/Cb/Cr (or grey) planes can be decoded
+    /// as they are stored (see [`decode_planes`]); `None` for other colour spaces or sampling layouts.
+    pub planar: Option<Sampling>,
+    /// TurboJPEG's `TJSAMP` code.
+    subsamp: c_int,
+}
+
+/// How a planar-decodable JPEG stores its components.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sampling {
+    Grey,
+    /// Y at full resolution, Cb and Cr at one sample per `x * y` block of pixels.
+    YCbCr {
+        x: usize,
+        y: usize,
+    },
 }
 
 fn with_handle<T>(f: impl FnOnce(&Handle) -> Result<T, JpegError>) -> Result<T, JpegError> {
@@ -105,11 +121,32 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<JpegHeader, JpegError> {
         }
         let cs = get(tj::TJPARAM_TJPARAM_COLORSPACE);
         let precision = get(tj::TJPARAM_TJPARAM_PRECISION);
+        let subsamp = get(tj::TJPARAM_TJPARAM_SUBSAMP);
+        // TurboJPEG's MCU sizes: luma pixels per chroma sample for each sampling layout.
+        let blocks = match subsamp as tj::TJSAMP {
+            tj::TJSAMP_TJSAMP_444 => Some((1, 1)),
+            tj::TJSAMP_TJSAMP_422 => Some((2, 1)),
+            tj::TJSAMP_TJSAMP_420 => Some((2, 2)),
+            tj::TJSAMP_TJSAMP_440 => Some((1, 2)),
+            tj::TJSAMP_TJSAMP_411 => Some((4, 1)),
+            tj::TJSAMP_TJSAMP_441 => Some((1, 4)),
+            _ => None,
+        };
+        let planar = match cs as tj::TJCS {
+            _ if precision != 8 => None,
+            tj::TJCS_TJCS_GRAY if subsamp == tj::TJSAMP_TJSAMP_GRAY as c_int => {
+                Some(Sampling::Grey)
+            }
+            tj::TJCS_TJCS_YCbCr => blocks.map(|(x, y)| Sampling::YCbCr { x, y }),
+            _ => None,
+        };
         Ok(JpegHeader {
             width: w as u32,
             height: hgt as u32,
             is_cmyk: cs == tj::TJCS_TJCS_CMYK as c_int || cs == tj::TJCS_TJCS_YCCK as c_int,
             is_8bit: precision == 8,
+            planar,
+            subsamp,
         })
     })
 }
@@ -149,6 +186,88 @@ pub(crate) fn decode_rgb(
         unsafe { out.set_len(len) };
         Ok((out, warning))
     })
+}
+
+/// One component as stored in the file: `width x height` samples, rows `stride` bytes apart.
+pub(crate) struct RawPlane {
+    pub data: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub stride: usize,
+}
+
+/// Decode the components as they are stored (Y, Cb, Cr, or grey alone): no chroma upsampling and no
+/// colour conversion. `header.planar` must be `Some`. A plane may have padding columns and rows past
+/// its `width x height` (TurboJPEG rounds the luma plane up to whole chroma blocks); warnings are
+/// returned as by [`decode_rgb`].
+pub(crate) fn decode_planes(
+    bytes: &[u8],
+    header: &JpegHeader,
+) -> Result<(Vec<RawPlane>, Option<String>), JpegError> {
+    let sampling = header
+        .planar
+        .ok_or_else(|| JpegError::Fatal("not a planar-decodable JPEG".into()))?;
+    let (w, h) = (header.width as usize, header.height as usize);
+    let (components, (bx, by)) = match sampling {
+        Sampling::Grey => (1, (1, 1)),
+        Sampling::YCbCr { x, y } => (3, (x, y)),
+    };
+    let mut planes = Vec::with_capacity(components);
+    let mut lens = Vec::with_capacity(components);
+    for c in 0..components as c_int {
+        // SAFETY: pure functions of their arguments.
+        let (pw, ph) = unsafe {
+            (
+                tj::tj3YUVPlaneWidth(c, w as c_int, header.subsamp),
+                tj::tj3YUVPlaneHeight(c, h as c_int, header.subsamp),
+            )
+        };
+        let (width, height) = if c == 0 {
+            (w, h)
+        } else {
+            (w.div_ceil(bx), h.div_ceil(by))
+        };
+        if pw < width as c_int || ph < height as c_int {
+            return Err(JpegError::Fatal(format!(
+                "unexpected plane {c} size {pw}x{ph} for a {w}x{h} image"
+            )));
+        }
+        lens.push(pw as usize * ph as usize);
+        planes.push(RawPlane {
+            data: Vec::with_capacity(pw as usize * ph as usize),
+            width,
+            height,
+            stride: pw as usize,
+        });
+    }
+    with_handle(|hd| {
+        let mut ptrs: Vec<*mut u8> = planes.iter_mut().map(|p| p.data.as_mut_ptr()).collect();
+        let mut strides: Vec<c_int> = planes.iter().map(|p| p.stride as c_int).collect();
+        // SAFETY: plane `c` has capacity for tj3YUVPlaneWidth x tj3YUVPlaneHeight bytes, the size
+        // TurboJPEG writes for this header's dimensions and sampling, with rows that far apart.
+        let rc = unsafe {
+            tj::tj3DecompressToYUVPlanes8(
+                hd.0,
+                bytes.as_ptr(),
+                bytes.len() as _,
+                ptrs.as_mut_ptr(),
+                strides.as_mut_ptr(),
+            )
+        };
+        let warning = match rc {
+            0 => None,
+            _ => match hd.error() {
+                JpegError::Warning(m) => Some(m),
+                fatal => return Err(fatal),
+            },
+        };
+        for (p, &len) in planes.iter_mut().zip(&lens) {
+            // SAFETY: as for `decode_rgb`, a success or a warning means every row was written.
+            unsafe { p.data.set_len(len) };
+        }
+        Ok(warning)
+    })
+    .map(|warning| (planes, warning))
 }
 
 /// EXIF orientation (1..=8) from a JPEG's APP1 `Exif` segment, if present and well formed.

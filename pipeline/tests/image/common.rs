@@ -10,6 +10,24 @@ pub fn images_dir() -> PathBuf {
     fixtures().join("images")
 }
 
+/// Configs that exercise every resampling regime on the fixture photos: Qwen2-VL's defaults, a fixed
+/// square, forced shrinking (antialiasing) and forced growing.
+pub fn resize_configs() -> [comp_pipeline::ImageConfig; 4] {
+    use comp_pipeline::{ImageConfig, ResizePolicy};
+    let mut square = ImageConfig::clip();
+    square.resize = ResizePolicy::FixedSquare { size: 392 };
+    let shrink = ImageConfig {
+        max_pixels: 200 * 200,
+        ..ImageConfig::clip()
+    };
+    let grow = ImageConfig {
+        min_pixels: 900 * 900,
+        max_pixels: 1000 * 1000,
+        ..ImageConfig::siglip()
+    };
+    [ImageConfig::qwen2_vl(), square, shrink, grow]
+}
+
 /// Fixture photos, sorted, optionally filtered by extension.
 pub fn photos(ext: Option<&str>) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(images_dir())

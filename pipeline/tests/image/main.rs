@@ -5,4 +5,5 @@ mod common;
 mod decode;
 mod parity;
 mod patchify;
+mod planar;
 mod smart_resize;

@@ -103,22 +103,11 @@ fn config_round_trips_through_json_with_defaults_filled_in() {
 fn fused_resampling_equals_resize_then_patchify_on_the_fixture_photos() {
     use comp_pipeline::decode;
     use comp_pipeline::resize::resample;
-    let base = ImageConfig::qwen2_vl();
-    let mut square = ImageConfig::clip();
-    square.resize = ResizePolicy::FixedSquare { size: 392 };
-    let shrink = ImageConfig {
-        max_pixels: 200 * 200,
-        ..ImageConfig::clip()
-    };
-    let grow = ImageConfig {
-        min_pixels: 900 * 900,
-        max_pixels: 1000 * 1000,
-        ..ImageConfig::siglip()
-    };
+    let configs = super::common::resize_configs();
     let (mut compared, mut differing, mut worst) = (0usize, 0usize, 0f32);
     for path in super::common::photos(None) {
         let bytes = std::fs::read(&path).unwrap();
-        for cfg in [&base, &square, &shrink, &grow] {
+        for cfg in &configs {
             let img = decode(&bytes, cfg).unwrap();
             let (h, w) = cfg.target_size(img.height(), img.width()).unwrap();
             let want = patchify(&resample(img.clone(), h, w).unwrap(), cfg).unwrap();
