@@ -424,7 +424,7 @@ pub(crate) fn resample_patchify_with(
                     for (r, out) in rows.chunks_exact_mut(row_stride).take(n).enumerate() {
                         let y = first + r0 + r;
                         vertical.ring_offsets(y, ring_rows, row_stride, &mut offsets);
-                        vertical_row::<true>(ring, &offsets, vertical.weights(y), out, isa);
+                        vertical_row::<true, false>(ring, &offsets, vertical.weights(y), out, isa);
                     }
                 }
                 let source = |r: usize| -> &[f32] {
@@ -600,34 +600,35 @@ pub(crate) fn planes_patchify_with(
                     if pass.vertical_identity {
                         continue;
                     }
-                    let slots = rows[i * chunk * widest..].chunks_exact_mut(widest);
-                    for (r, slot) in slots.take(n).enumerate() {
+                    let stride = pass.plane_len;
+                    for r in 0..n {
                         let y = first + r0 + r;
-                        let stride = pass.plane_len;
                         pass.vertical
                             .ring_offsets(y, pass.ring_rows, stride, &mut offsets);
                         let (ring, weights) = (&rings[i], pass.vertical.weights(y));
-                        let out = &mut slot[..stride];
                         // Grey rounds to 8 bits between the passes, as Pillow does on the RGB
-                        // image (the same values); colour rounds once, in RGB.
-                        if colour {
-                            vertical_row::<false>(ring, &offsets, weights, out, isa);
+                        // image (the same values); colour rounds once, in RGB. Chroma read by
+                        // doubled groups is stored doubled straight away.
+                        if pass.horizontal.dup == 2 {
+                            let out = &mut doubled[((i - 1) * 4 + r) * 2 * widest..][..2 * stride];
+                            vertical_row::<false, true>(ring, &offsets, weights, out, isa);
                         } else {
-                            vertical_row::<true>(ring, &offsets, weights, out, isa);
+                            let out = &mut rows[(i * chunk + r) * widest..][..stride];
+                            if colour {
+                                vertical_row::<false, false>(ring, &offsets, weights, out, isa);
+                            } else {
+                                vertical_row::<true, false>(ring, &offsets, weights, out, isa);
+                            }
                         }
                     }
                 }
                 for (i, pass) in passes.iter().enumerate().skip(1) {
-                    if pass.horizontal.dup != 2 {
+                    if pass.horizontal.dup != 2 || !pass.vertical_identity {
                         continue;
                     }
                     let len = pass.plane_len;
                     for r in 0..n {
-                        let plain = if pass.vertical_identity {
-                            &rings[i][((first + r0 + r) % pass.ring_rows) * len..][..len]
-                        } else {
-                            &rows[(i * chunk + r) * widest..][..len]
-                        };
+                        let plain = &rings[i][((first + r0 + r) % pass.ring_rows) * len..][..len];
                         let dst = &mut doubled[((i - 1) * 4 + r) * 2 * widest..][..2 * len];
                         duplicate(plain, dst, isa);
                     }
@@ -797,7 +798,9 @@ const ZERO: [f32; 3] = [0.0; 3];
 /// One output row of the vertical pass: `out = clamp(round(sum_k w[k] * ring[offsets[k]..]))`, the
 /// 8-bit intermediate of Pillow's RGB passes; without `ROUND` (planes that are converted to RGB
 /// later, where only the final value is rounded) the plain sum.
-fn vertical_row<const ROUND: bool>(
+/// With `DOUBLE`, every value is stored twice (`out` is twice as long as the row), the layout a
+/// group with `dup == 2` reads.
+fn vertical_row<const ROUND: bool, const DOUBLE: bool>(
     ring: &[f32],
     offsets: &[usize],
     weights: &[f32],
@@ -805,23 +808,30 @@ fn vertical_row<const ROUND: bool>(
     isa: Isa,
 ) {
     debug_assert_eq!(offsets.len(), weights.len());
-    assert!(offsets.iter().all(|&o| o + out.len() <= ring.len()));
+    let values = if DOUBLE { out.len() / 2 } else { out.len() };
+    assert!(values.is_multiple_of(LANES) && (!DOUBLE || out.len() == 2 * values));
+    assert!(offsets.iter().all(|&o| o + values <= ring.len()));
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA present (see `Isa`); every row read lies in `ring` (asserted above) and
-        // `out.len()` is a multiple of 8.
-        Isa::Avx2 => unsafe { x86::vertical_row::<ROUND>(ring, offsets, weights, out) },
+        // SAFETY: AVX2/FMA present (see `Isa`); every row read lies in `ring` and `out` holds
+        // `values` (a multiple of 8) or twice that (asserted above).
+        Isa::Avx2 => unsafe { x86::vertical_row::<ROUND, DOUBLE>(ring, offsets, weights, out) },
         Isa::Portable => {
-            for (i, o) in out.iter_mut().enumerate() {
+            for i in 0..values {
                 let mut acc = 0f32;
                 for (&off, &w) in offsets.iter().zip(weights) {
                     acc += w * ring[off + i];
                 }
-                *o = if ROUND {
+                let v = if ROUND {
                     acc.round().clamp(0.0, 255.0)
                 } else {
                     acc
                 };
+                if DOUBLE {
+                    out[2 * i..2 * i + 2].fill(v);
+                } else {
+                    out[i] = v;
+                }
             }
         }
     }
@@ -897,26 +907,27 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn vertical_row<const ROUND: bool>(
+    pub(super) unsafe fn vertical_row<const ROUND: bool, const DOUBLE: bool>(
         ring: &[f32],
         offsets: &[usize],
         weights: &[f32],
         out: &mut [f32],
     ) {
+        let values = if DOUBLE { out.len() / 2 } else { out.len() };
         let mut i = 0;
         // Eight independent accumulators (64 values) per step: each takes one multiply-add per tap,
         // and eight chains cover the multiply-add latency at two per cycle (four left it half idle).
-        while i + 64 <= out.len() {
-            // SAFETY: `i + 64 <= out.len()`.
-            unsafe { vertical_strip::<8, ROUND>(ring, offsets, weights, out, i) };
+        while i + 64 <= values {
+            // SAFETY: `i + 64 <= values`.
+            unsafe { vertical_strip::<8, ROUND, DOUBLE>(ring, offsets, weights, out, i) };
             i += 64;
         }
-        while i + 8 <= out.len() {
-            // SAFETY: `i + 8 <= out.len()`.
-            unsafe { vertical_strip::<1, ROUND>(ring, offsets, weights, out, i) };
+        while i + 8 <= values {
+            // SAFETY: `i + 8 <= values`.
+            unsafe { vertical_strip::<1, ROUND, DOUBLE>(ring, offsets, weights, out, i) };
             i += 8;
         }
-        debug_assert_eq!(i, out.len(), "row stride is a multiple of 8");
+        debug_assert_eq!(i, values, "row stride is a multiple of 8");
     }
 
     /// `out[i .. i + 8N]` of one vertical output row, with `N` independent accumulators.
@@ -925,7 +936,7 @@ mod x86 {
     /// AVX2/FMA present; `i + 8N <= out.len()` and `off + out.len() <= ring.len()` for every offset.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn vertical_strip<const N: usize, const ROUND: bool>(
+    unsafe fn vertical_strip<const N: usize, const ROUND: bool, const DOUBLE: bool>(
         ring: &[f32],
         offsets: &[usize],
         weights: &[f32],
@@ -944,8 +955,20 @@ mod x86 {
         }
         for (j, a) in acc.into_iter().enumerate() {
             let v = if ROUND { round_clamp(a) } else { a };
-            // SAFETY: `i + 8N <= out.len()` (the contract).
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i + 8 * j), v) };
+            let at = i + 8 * j;
+            if DOUBLE {
+                // [v0 v0 v1 v1 | v4 v4 v5 v5] and [v2 v2 v3 v3 | v6 v6 v7 v7], regrouped.
+                let (lo, hi) = (_mm256_unpacklo_ps(v, v), _mm256_unpackhi_ps(v, v));
+                // SAFETY: `2 * (i + 8N) <= out.len()` (the contract, doubled).
+                unsafe {
+                    let d = out.as_mut_ptr().add(2 * at);
+                    _mm256_storeu_ps(d, _mm256_permute2f128_ps::<0x20>(lo, hi));
+                    _mm256_storeu_ps(d.add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+                }
+            } else {
+                // SAFETY: `i + 8N <= out.len()` (the contract).
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(at), v) };
+            }
         }
     }
 
