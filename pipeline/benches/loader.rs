@@ -51,6 +51,16 @@ fn main() {
     cfg.dataset.sources = vec![data.display().to_string()];
     cfg.text.tokenizer = Some(tokenizer);
     cfg.image.max_pixels = 512 * 512;
+    // BENCH_JPEG_VIA_RGB=1: decode JPEGs to RGB before resampling (`jpeg_planes = false`), to compare.
+    cfg.image.jpeg_planes = std::env::var_os("BENCH_JPEG_VIA_RGB").is_none();
+    println!(
+        "JPEG route: {}",
+        if cfg.image.jpeg_planes {
+            "Y/Cb/Cr planes (default)"
+        } else {
+            "RGB"
+        }
+    );
 
     println!("\nthroughput (flat out, one epoch):");
     let mut per_worker = Vec::new();
