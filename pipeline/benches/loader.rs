@@ -53,6 +53,14 @@ fn main() {
     cfg.image.max_pixels = 512 * 512;
     // BENCH_JPEG_VIA_RGB=1: decode JPEGs to RGB before resampling (`jpeg_planes = false`), to compare.
     cfg.image.jpeg_planes = std::env::var_os("BENCH_JPEG_VIA_RGB").is_none();
+    // BENCH_TEMPORAL=2: Qwen2-VL's layout (two frames per patch) instead of CoMP's one.
+    if let Some(t) = std::env::var("BENCH_TEMPORAL")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        cfg.image.temporal_patch_size = t;
+    }
+    println!("temporal patch size: {}", cfg.image.temporal_patch_size);
     println!(
         "JPEG route: {}",
         if cfg.image.jpeg_planes {

@@ -119,6 +119,24 @@ impl PackedBatch {
         image_token_id: i64,
         budgets: Budgets,
     ) -> Self {
+        Self::from_frames(samples, patch_dim, 1, image_token_id, budgets)
+    }
+
+    /// [`from_samples`](Self::from_samples) for samples that store a still image's frame once:
+    /// their rows hold `patch_dim / frames` values (`C * P * P`), and each channel's `P * P` block is
+    /// written `frames` times here, giving the `[C, T, P, P]` rows of `patch_dim` values that
+    /// patchifying with `temporal_patch_size = frames` gives. The loader keeps samples this way: half
+    /// the memory per buffered sample at T = 2, and the copy happens in the assembly that copies
+    /// anyway.
+    pub fn from_frames(
+        samples: Vec<ProcessedSample>,
+        patch_dim: usize,
+        frames: usize,
+        image_token_id: i64,
+        budgets: Budgets,
+    ) -> Self {
+        assert!(frames >= 1 && patch_dim.is_multiple_of(3 * frames));
+        let frame_dim = patch_dim / frames;
         let total_patches: usize = samples.iter().map(ProcessedSample::num_patches).sum();
         let total_tokens: usize = samples.iter().map(ProcessedSample::num_tokens).sum();
         let mut b = PackedBatch {
@@ -143,9 +161,17 @@ impl PackedBatch {
             },
         };
         for s in samples {
-            debug_assert_eq!(s.pixel_values.len(), s.num_patches() * patch_dim);
+            debug_assert_eq!(s.pixel_values.len(), s.num_patches() * frame_dim);
             let offset = b.input_ids.len() as u32;
-            b.pixel_values.extend_from_slice(&s.pixel_values);
+            if frames == 1 {
+                b.pixel_values.extend_from_slice(&s.pixel_values);
+            } else {
+                for block in s.pixel_values.chunks_exact(frame_dim / 3) {
+                    for _ in 0..frames {
+                        b.pixel_values.extend_from_slice(block);
+                    }
+                }
+            }
             b.image_grid_thw.push(s.grid_thw);
             b.vision_cu_seqlens
                 .push(b.vision_cu_seqlens.last().unwrap() + s.num_patches() as i32);

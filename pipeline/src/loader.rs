@@ -7,6 +7,9 @@
 //!                  ──► batch assembly (copies into one buffer, on the same pool, in order,
 //!                      at most `ASSEMBLING_BATCHES + 1` at once) ──► bounded batch queue ──► consumer
 //! ```
+//! Workers patchify a still image's frame once; with `temporal_patch_size` T > 1 the assembly writes
+//! each frame T times ([`PackedBatch::from_frames`]), so buffered samples take 1/T of the memory and
+//! workers skip the copies (at T = 2 the loader bench ran 1.19-1.25x the images/s with 2 workers).
 //! Backpressure: when the consumer stops taking batches, the batch queue fills, the packer blocks on
 //! `send`, the ordered map stops polling, and the dataset stream stops reading. Memory is therefore bounded
 //! by `batch_queue` batches + `ASSEMBLING_BATCHES + 1` batches being assembled (each twice over: its
@@ -298,6 +301,12 @@ impl Job {
         let shards_for_packer = shards.clone();
         let assembly_pool = pool.clone();
         let patch_dim = patch_dim(&image);
+        // Workers patchify one frame; batch assembly repeats it `temporal_patch_size` times.
+        let frames = image.temporal_patch_size;
+        let image = Arc::new(ImageConfig {
+            temporal_patch_size: 1,
+            ..(*image).clone()
+        });
         let image_token_id = tokenizer.image_token_id();
         let mut replay_skip: BTreeSet<SampleId> = state.already_emitted.iter().copied().collect();
         let merge = (image.merge_size * image.merge_size) as i64;
@@ -386,6 +395,7 @@ impl Job {
             pack.max_tokens = Some(b.max_tokens);
         }
         let mut packer = Packer::new(pack, patch_dim, image_token_id)
+            .and_then(|p| p.repeating_frames(frames))
             .map_err(|e| LoaderError::Config(e.to_string()))?;
         let mut tracker = ResumeTracker::new(state);
         let mut good = 0u64;

@@ -130,6 +130,8 @@ pub struct Packer {
     cfg: PackConfig,
     budgets: Option<Budgets>,
     patch_dim: usize,
+    /// Frames each sample stores once and batches repeat (see [`Packer::repeating_frames`]).
+    frames: usize,
     image_token_id: i64,
     /// Arrival order.
     buffer: Vec<Entry>,
@@ -161,8 +163,23 @@ impl Packer {
             cfg,
             budgets,
             patch_dim,
+            frames: 1,
             image_token_id,
         })
+    }
+
+    /// Take samples that store a still image's frame once (rows of `patch_dim / frames` values, as
+    /// patchifying with `temporal_patch_size = 1` gives) and build batches of `patch_dim`-value rows
+    /// with each frame repeated `frames` times (see [`PackedBatch::from_frames`]).
+    pub fn repeating_frames(mut self, frames: usize) -> Result<Self, PackError> {
+        if frames == 0 || !self.patch_dim.is_multiple_of(3 * frames) {
+            return Err(PackError::Config(format!(
+                "patch_dim {} is not 3 channels x {frames} frames",
+                self.patch_dim
+            )));
+        }
+        self.frames = frames;
+        Ok(self)
     }
 
     /// The budgets in force; `None` until an automatic token budget has been derived.
@@ -212,12 +229,13 @@ impl Packer {
         sample: ProcessedSample,
     ) -> Result<Option<PendingBatch>, PackError> {
         let patches = sample.num_patches();
-        if sample.pixel_values.len() != patches * self.patch_dim {
+        let row = self.patch_dim / self.frames;
+        if sample.pixel_values.len() != patches * row {
             return Err(PackError::PatchDim {
                 id: sample.id,
                 len: sample.pixel_values.len(),
                 patches,
-                patch_dim: self.patch_dim,
+                patch_dim: row,
             });
         }
         let tokens = sample.num_tokens();
@@ -299,6 +317,7 @@ impl Packer {
         PendingBatch {
             samples,
             patch_dim: self.patch_dim,
+            frames: self.frames,
             image_token_id: self.image_token_id,
             budgets,
         }
@@ -312,6 +331,7 @@ impl Packer {
 pub struct PendingBatch {
     samples: Vec<ProcessedSample>,
     patch_dim: usize,
+    frames: usize,
     image_token_id: i64,
     budgets: Budgets,
 }
@@ -329,9 +349,10 @@ impl PendingBatch {
 
     /// Concatenate the samples into one [`PackedBatch`].
     pub fn build(self) -> PackedBatch {
-        PackedBatch::from_samples(
+        PackedBatch::from_frames(
             self.samples,
             self.patch_dim,
+            self.frames,
             self.image_token_id,
             self.budgets,
         )

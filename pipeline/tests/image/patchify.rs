@@ -130,3 +130,21 @@ fn fused_resampling_equals_resize_then_patchify_on_the_fixture_photos() {
     assert!(worst <= 2.001, "worst difference {worst} steps");
     assert!(share < 0.01, "{share} of values differ");
 }
+
+#[test]
+fn two_frames_are_the_first_frame_twice() {
+    // The loader relies on this: it patchifies one frame and repeats it during batch assembly.
+    for path in super::common::photos(None).into_iter().step_by(5) {
+        let bytes = std::fs::read(&path).unwrap();
+        let one = comp_pipeline::process_image(&bytes, &ImageConfig::clip()).unwrap();
+        let two = comp_pipeline::process_image(&bytes, &ImageConfig::qwen2_vl()).unwrap();
+        assert_eq!(one.grid_thw, two.grid_thw);
+        let expanded: Vec<f32> = one
+            .pixel_values
+            .chunks_exact(196)
+            .flat_map(|block| block.iter().chain(block))
+            .copied()
+            .collect();
+        assert!(expanded == two.pixel_values, "{}", path.display());
+    }
+}

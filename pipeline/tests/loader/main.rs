@@ -236,3 +236,27 @@ fn a_missing_tokenizer_and_a_dataset_of_only_bad_files_are_clear_errors() {
         .expect("an all-bad dataset must end in an error");
     assert!(err.to_string().contains("not_parquet.parquet"), "{err}");
 }
+
+/// Workers patchify one frame and batch assembly writes it `temporal_patch_size` times: a T = 2 stream
+/// is the T = 1 stream with each channel's 14x14 block repeated (`process_image` at T = 2 is the same
+/// expansion of its T = 1 output: `tests/image` checks that).
+#[test]
+fn temporal_patch_size_2_repeats_each_frame_of_the_t1_stream() {
+    let d = demo();
+    let one = collect(config(&d.data, &d.tokenizer, 2), None);
+    let mut cfg = config(&d.data, &d.tokenizer, 2);
+    cfg.image.temporal_patch_size = 2;
+    let two = collect(cfg, None);
+    assert_eq!(ids(&one), ids(&two));
+    for ((a, _), (b, _)) in one.iter().zip(&two) {
+        assert_eq!((a.patch_dim, b.patch_dim), (588, 1176));
+        assert_eq!(a.image_grid_thw, b.image_grid_thw);
+        let expanded: Vec<f32> = a
+            .pixel_values
+            .chunks_exact(196)
+            .flat_map(|block| block.iter().chain(block))
+            .copied()
+            .collect();
+        assert!(expanded == b.pixel_values, "batch {:?}", b.sample_ids);
+    }
+}
