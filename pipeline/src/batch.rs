@@ -135,7 +135,8 @@ impl PackedBatch {
         image_token_id: i64,
         budgets: Budgets,
     ) -> Self {
-        assert!(frames >= 1 && patch_dim.is_multiple_of(3 * frames));
+        // One frame needs no layout; repeated ones need whole [C, T, P, P] rows.
+        assert!(frames == 1 || (frames > 1 && patch_dim.is_multiple_of(3 * frames)));
         let frame_dim = patch_dim / frames;
         let total_patches: usize = samples.iter().map(ProcessedSample::num_patches).sum();
         let total_tokens: usize = samples.iter().map(ProcessedSample::num_tokens).sum();

@@ -172,7 +172,7 @@ impl Packer {
     /// patchifying with `temporal_patch_size = 1` gives) and build batches of `patch_dim`-value rows
     /// with each frame repeated `frames` times (see [`PackedBatch::from_frames`]).
     pub fn repeating_frames(mut self, frames: usize) -> Result<Self, PackError> {
-        if frames == 0 || !self.patch_dim.is_multiple_of(3 * frames) {
+        if frames == 0 || (frames > 1 && !self.patch_dim.is_multiple_of(3 * frames)) {
             return Err(PackError::Config(format!(
                 "patch_dim {} is not 3 channels x {frames} frames",
                 self.patch_dim
