@@ -120,6 +120,25 @@ fn decode_jpeg(bytes: &[u8], cfg: &ImageConfig) -> Result<RgbImage, ImageError> 
     decode_jpeg_header(bytes, &header, cfg)
 }
 
+/// A TurboJPEG result under this module's policy: a truncation warning rejects the image (see the
+/// module docs), any other warning leaves a complete image.
+fn accept_warning<T>(
+    result: Result<(T, Option<String>), jpeg::JpegError>,
+) -> Result<T, ImageError> {
+    let (value, warning) = result.map_err(|e| jpeg_error(e.message()))?;
+    match warning.map(|w| jpeg_error(&w)) {
+        Some(err @ ImageError::Truncated(_)) => Err(err),
+        _ => Ok(value),
+    }
+}
+
+/// The EXIF orientation of a JPEG (none when absent or malformed).
+fn jpeg_orientation(bytes: &[u8]) -> Orientation {
+    jpeg::exif_orientation(bytes)
+        .and_then(|v| Orientation::from_exif(v as u8))
+        .unwrap_or(Orientation::NoTransforms)
+}
+
 fn decode_jpeg_header(
     bytes: &[u8],
     header: &jpeg::JpegHeader,
@@ -128,18 +147,10 @@ fn decode_jpeg_header(
     if header.is_cmyk || !header.is_8bit {
         return decode_generic(bytes, ImageFormat::Jpeg, cfg);
     }
-    let (pixels, warning) = jpeg::decode_rgb(bytes, header).map_err(|e| jpeg_error(e.message()))?;
-    if let Some(w) = warning
-        && let err @ ImageError::Truncated(_) = jpeg_error(&w)
-    {
-        return Err(err);
-    }
+    let pixels = accept_warning(jpeg::decode_rgb(bytes, header))?;
     let img = RgbImage::from_raw(header.width, header.height, pixels)
         .ok_or_else(|| ImageError::Corrupt("decoded buffer has the wrong size".into()))?;
-    let orientation = jpeg::exif_orientation(bytes)
-        .and_then(|v| Orientation::from_exif(v as u8))
-        .unwrap_or(Orientation::NoTransforms);
-    Ok(orient(img, orientation))
+    Ok(orient(img, jpeg_orientation(bytes)))
 }
 
 /// A decoded image as the resampling kernels take it.
@@ -187,16 +198,8 @@ pub(crate) fn decode_source(bytes: &[u8], cfg: &ImageConfig) -> Result<Source, I
     if header.planar.is_none() {
         return decode_jpeg_header(bytes, &header, cfg).map(Source::Rgb);
     }
-    let (raw, warning) =
-        jpeg::decode_planes(bytes, &header).map_err(|e| jpeg_error(e.message()))?;
-    if let Some(w) = warning
-        && let err @ ImageError::Truncated(_) = jpeg_error(&w)
-    {
-        return Err(err);
-    }
-    let orientation = jpeg::exif_orientation(bytes)
-        .and_then(|v| Orientation::from_exif(v as u8))
-        .unwrap_or(Orientation::NoTransforms);
+    let raw = accept_warning(jpeg::decode_planes(bytes, &header))?;
+    let orientation = jpeg_orientation(bytes);
     let (w, h) = (header.width as usize, header.height as usize);
     let chroma_block = match header.planar {
         Some(jpeg::Sampling::YCbCr { x, y }) => (x, y),

@@ -35,6 +35,18 @@ impl Handle {
             JpegError::Fatal(msg)
         }
     }
+
+    /// After a call that returned `rc`: `Ok(None)` on success, `Ok(Some(message))` for a warning
+    /// (the output is complete), the error otherwise.
+    fn warning_unless_fatal(&self, rc: c_int) -> Result<Option<String>, JpegError> {
+        match rc {
+            0 => Ok(None),
+            _ => match self.error() {
+                JpegError::Warning(m) => Ok(Some(m)),
+                fatal => Err(fatal),
+            },
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -174,13 +186,7 @@ pub(crate) fn decode_rgb(
                 tj::TJPF_TJPF_RGB as c_int,
             )
         };
-        let warning = match rc {
-            0 => None,
-            _ => match h.error() {
-                JpegError::Warning(m) => Some(m),
-                fatal => return Err(fatal),
-            },
-        };
+        let warning = h.warning_unless_fatal(rc)?;
         // SAFETY: success or a non-fatal warning means libjpeg ran the scanline loop to the last row
         // (missing data is filled in, never skipped), so all `len` bytes are initialised.
         unsafe { out.set_len(len) };
@@ -254,13 +260,7 @@ pub(crate) fn decode_planes(
                 strides.as_mut_ptr(),
             )
         };
-        let warning = match rc {
-            0 => None,
-            _ => match hd.error() {
-                JpegError::Warning(m) => Some(m),
-                fatal => return Err(fatal),
-            },
-        };
+        let warning = hd.warning_unless_fatal(rc)?;
         for (p, &len) in planes.iter_mut().zip(&lens) {
             // SAFETY: as for `decode_rgb`, a success or a warning means every row was written.
             unsafe { p.data.set_len(len) };
