@@ -26,6 +26,8 @@ use crate::resize::ImageConfig;
 
 #[path = "image/jpeg.rs"]
 mod jpeg;
+#[path = "image/transpose.rs"]
+mod transpose;
 
 /// Why an image was not usable. [`ImageError::reason`] is a stable key for counting skips.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -303,48 +305,26 @@ fn orient_plane(
     })
 }
 
-/// `p`'s samples in display order: display `(x, y)` is stored `(y, x)` when `transpose`, and an
-/// axis counts from its far end when flipped. Transposes go in 32x32 tiles, to stay in cache.
+/// `p`'s samples in display order: display `(x, y)` is stored `(y, x)` when `transposed`, and an
+/// axis counts from its far end when flipped.
 fn orient_bytes(
     p: &jpeg::RawPlane,
     width: usize,
     height: usize,
-    transpose: bool,
+    transposed: bool,
     x_flip: bool,
     y_flip: bool,
 ) -> Vec<u8> {
-    // Stored row and column of display pixel (x, y).
-    let at = |x: usize, y: usize| {
-        let (x, y) = (
-            if x_flip { width - 1 - x } else { x },
-            if y_flip { height - 1 - y } else { y },
-        );
-        if transpose {
-            x * p.stride + y
-        } else {
-            y * p.stride + x
-        }
-    };
     let mut out = vec![0u8; width * height];
-    if !transpose {
-        for (y, row) in out.chunks_exact_mut(width).enumerate() {
-            let first = at(0, y) - if x_flip { width - 1 } else { 0 };
-            let src = &p.data[first..first + width];
-            row.copy_from_slice(src);
-            if x_flip {
-                row.reverse();
-            }
-        }
+    if transposed {
+        transpose::transpose_into(&p.data, p.stride, &mut out, width, height, (x_flip, y_flip));
         return out;
     }
-    const TILE: usize = 32;
-    for y0 in (0..height).step_by(TILE) {
-        for x0 in (0..width).step_by(TILE) {
-            for y in y0..(y0 + TILE).min(height) {
-                for x in x0..(x0 + TILE).min(width) {
-                    out[y * width + x] = p.data[at(x, y)];
-                }
-            }
+    for (y, row) in out.chunks_exact_mut(width).enumerate() {
+        let first = if y_flip { height - 1 - y } else { y } * p.stride;
+        row.copy_from_slice(&p.data[first..first + width]);
+        if x_flip {
+            row.reverse();
         }
     }
     out

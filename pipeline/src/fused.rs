@@ -87,6 +87,8 @@ impl Taps {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
         let support = 2.0 * filter_scale;
+        // Pillow multiplies by the reciprocal (`ss` in its `precompute_coeffs`).
+        let inv_scale = 1.0 / filter_scale;
         let ksize = support.ceil() as usize * 2 + 1;
         let mut taps = Taps::empty(out_size, ksize);
         let mut w = vec![0f64; ksize];
@@ -98,7 +100,7 @@ impl Taps {
             let n = hi.saturating_sub(lo).min(ksize);
             let mut total = 0.0;
             for (k, wk) in w[..n].iter_mut().enumerate() {
-                *wk = bicubic(((lo + k) as f64 - center + 0.5) / filter_scale);
+                *wk = bicubic(((lo + k) as f64 - center + 0.5) * inv_scale);
                 total += *wk;
             }
             let row = &mut taps.weights[i * ksize..i * ksize + n];

@@ -133,10 +133,7 @@ pub(crate) fn planes_patchify_with(
                 let (lo, hi) = pass.vertical.source_range(first, first + band_rows);
                 for y in widened[i].max(lo)..hi {
                     let dst = &mut ring[(y % pass.ring_rows) * stride..][PAD..PAD + plane.width];
-                    let src_row = &plane.data[y * plane.stride..][..plane.width];
-                    for (d, &v) in dst.iter_mut().zip(src_row) {
-                        *d = v as f32;
-                    }
+                    widen(&plane.data[y * plane.stride..][..plane.width], dst, isa);
                 }
                 widened[i] = widened[i].max(hi);
             }
@@ -226,6 +223,21 @@ pub(crate) fn planes_patchify_with(
             }
         })
     }))
+}
+
+/// `dst[j] = src[j] as f32`.
+fn widen(src: &[u8], dst: &mut [f32], isa: Isa) {
+    assert_eq!(dst.len(), src.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 present; the lengths match (asserted).
+        Isa::Avx2 => unsafe { x86::widen(src, dst) },
+        Isa::Portable => {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v as f32;
+            }
+        }
+    }
 }
 
 /// `dst[2j] = dst[2j + 1] = src[j]`.
@@ -386,6 +398,25 @@ mod x86 {
         }
         for (d, &v) in dst[2 * j..].chunks_exact_mut(2).zip(&src[j..]) {
             d.fill(v);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 present; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn widen(src: &[u8], dst: &mut [f32]) {
+        let mut j = 0;
+        while j + 8 <= src.len() {
+            // SAFETY: bytes `j .. j + 8` of `src` and floats `j .. j + 8` of `dst` exist.
+            unsafe {
+                let bytes = _mm_loadl_epi64(src.as_ptr().add(j) as *const __m128i);
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(j), v);
+            }
+            j += 8;
+        }
+        for (d, &v) in dst[j..].iter_mut().zip(&src[j..]) {
+            *d = v as f32;
         }
     }
 
