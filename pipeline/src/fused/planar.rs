@@ -2,6 +2,7 @@
 //! grid, converted to RGB per output pixel, normalised and patchified (see the parent module's docs).
 //! It shares the taps, groups and vertical pass of the RGB kernel in `fused.rs`.
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use super::{BandOut, Groups, Isa, LANES, PAD, Taps, vertical_row};
 use crate::decode::{ImageError, JpegPlanes, Plane};
@@ -67,37 +68,7 @@ pub(crate) fn planes_patchify_with(
     let band_rows = cfg.merge_size * cfg.patch_size;
     let out_stride = out_w.next_multiple_of(LANES);
     let bands = grid_h / cfg.merge_size;
-    // The RGB path's taps over the image's pixels; each plane's are derived from them.
-    let rows_taps = Taps::bicubic(src.height, out_h);
-    let columns_taps = Taps::bicubic(src.width, out_w);
     let colour = src.planes.len() == 3;
-    let plan = |p: &Plane| {
-        let vertical = Taps::through_upsampling(&rows_taps, p.block.1, p.pad.1, p.height, p.fancy);
-        let columns = Taps::through_upsampling(&columns_taps, p.block.0, p.pad.0, p.width, p.fancy);
-        // Chroma enlarged about 2x or more reads doubled rows: ~4 steps per group instead of ~7.
-        let enlarged = (p.width as f64) < 0.75 * out_w as f64;
-        let dup = if colour && p.block.0 == 2 && enlarged {
-            2
-        } else {
-            1
-        };
-        let horizontal = Groups::with_dup(&columns, dup);
-        assert!(
-            horizontal.reach.0 >= -(PAD as isize),
-            "groups reach left of the padding"
-        );
-        let ring_rows = vertical.ring_rows(band_rows, bands);
-        PlanePass {
-            plane_len: horizontal.plane_len(p.width),
-            vertical_identity: p.height == out_h && vertical.ksize == 1,
-            vertical,
-            horizontal,
-            ring_rows,
-        }
-    };
-    // Cb and Cr always share a geometry: one plan serves both.
-    let plans: Vec<PlanePass> = src.planes.iter().take(2).map(plan).collect();
-    let passes: Vec<&PlanePass> = (0..src.planes.len()).map(|i| &plans[i.min(1)]).collect();
     if colour {
         let (cb, cr) = (&src.planes[1], &src.planes[2]);
         assert!(
@@ -106,6 +77,14 @@ pub(crate) fn planes_patchify_with(
             "Cb and Cr differ in geometry"
         );
     }
+    // Cb and Cr always share a geometry: one plan serves both.
+    let plans = PLANS.with(|cache| {
+        let key = PlanKey::new(src, out_h, out_w, band_rows);
+        cache
+            .borrow_mut()
+            .get_or_insert_with(key, || plan_passes(src, out_h, out_w, band_rows, bands))
+    });
+    let passes: Vec<&PlanePass> = (0..src.planes.len()).map(|i| &plans[i.min(1)]).collect();
     let (scale, bias) = normalise_affine(cfg);
     let out_plane = band_rows * out_stride;
     Ok(PLANE_SCRATCH.with(|scratch| {
@@ -125,6 +104,11 @@ pub(crate) fn planes_patchify_with(
         rows.resize(PLANE_CHUNK * widest, 0.0);
         doubled.resize(8 * 2 * widest, 0.0);
         let mut widened = vec![0usize; passes.len()];
+        // Chroma is widened as Cb - 128 and Cr - 128, the form the colour conversion takes: the taps
+        // sum to one, so the offset passes through both resampling passes unchanged.
+        let offset: Vec<f32> = (0..passes.len())
+            .map(|i| if i > 0 { 128.0 } else { 0.0 })
+            .collect();
         let mut offsets = Vec::new();
         patches_from_bands(grid_h, grid_w, out_stride, cfg, band, |bh, band| {
             let first = bh * band_rows;
@@ -133,7 +117,12 @@ pub(crate) fn planes_patchify_with(
                 let (lo, hi) = pass.vertical.source_range(first, first + band_rows);
                 for y in widened[i].max(lo)..hi {
                     let dst = &mut ring[(y % pass.ring_rows) * stride..][PAD..PAD + plane.width];
-                    widen(&plane.data[y * plane.stride..][..plane.width], dst, isa);
+                    widen(
+                        &plane.data[y * plane.stride..][..plane.width],
+                        dst,
+                        offset[i],
+                        isa,
+                    );
                 }
                 widened[i] = widened[i].max(hi);
             }
@@ -225,16 +214,114 @@ pub(crate) fn planes_patchify_with(
     }))
 }
 
-/// `dst[j] = src[j] as f32`.
-fn widen(src: &[u8], dst: &mut [f32], isa: Isa) {
+/// What a JPEG's plan depends on: the image and output sizes, the band height, and each stored
+/// plane's geometry (the first two; Cr repeats Cb's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PlanKey {
+    size: (usize, usize),
+    out: (usize, usize),
+    band_rows: usize,
+    planes: [Option<PlaneGeometry>; 2],
+}
+
+/// A plane's `(width, height, block, pad, fancy)`.
+type PlaneGeometry = (usize, usize, (usize, usize), (usize, usize), bool);
+
+impl PlanKey {
+    fn new(src: &JpegPlanes, out_h: usize, out_w: usize, band_rows: usize) -> PlanKey {
+        PlanKey {
+            size: (src.height, src.width),
+            out: (out_h, out_w),
+            band_rows,
+            planes: std::array::from_fn(|i| {
+                let p = src.planes.get(i)?;
+                Some((p.width, p.height, p.block, p.pad, p.fancy))
+            }),
+        }
+    }
+}
+
+/// The plans a thread built last, most recently used first. Planning (Pillow's taps for both axes,
+/// their composition with chroma upsampling, the regrouping for the horizontal kernel) is a few
+/// percent of the image path, and datasets often hold many images of one geometry (fixed-size
+/// crawls, camera resolutions), which then skip it.
+struct PlanCache {
+    entries: Vec<(PlanKey, Rc<Vec<PlanePass>>)>,
+}
+
+/// Plans kept per thread: few enough that a lookup is a short scan.
+const PLANS_KEPT: usize = 16;
+
+impl PlanCache {
+    fn get_or_insert_with(
+        &mut self,
+        key: PlanKey,
+        build: impl FnOnce() -> Vec<PlanePass>,
+    ) -> Rc<Vec<PlanePass>> {
+        if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
+            let entry = self.entries.remove(i);
+            self.entries.insert(0, entry);
+        } else {
+            self.entries.truncate(PLANS_KEPT - 1);
+            self.entries.insert(0, (key, Rc::new(build())));
+        }
+        self.entries[0].1.clone()
+    }
+}
+
+thread_local! {
+    static PLANS: RefCell<PlanCache> = const { RefCell::new(PlanCache { entries: Vec::new() }) };
+}
+
+/// One [`PlanePass`] for the luma (or grey) plane and, for colour, one that serves Cb and Cr.
+fn plan_passes(
+    src: &JpegPlanes,
+    out_h: usize,
+    out_w: usize,
+    band_rows: usize,
+    bands: usize,
+) -> Vec<PlanePass> {
+    // The RGB path's taps over the image's pixels; each plane's are derived from them.
+    let rows_taps = Taps::bicubic(src.height, out_h);
+    let columns_taps = Taps::bicubic(src.width, out_w);
+    let colour = src.planes.len() == 3;
+    let plan = |p: &Plane| {
+        let vertical = Taps::through_upsampling(&rows_taps, p.block.1, p.pad.1, p.height, p.fancy);
+        let columns = Taps::through_upsampling(&columns_taps, p.block.0, p.pad.0, p.width, p.fancy);
+        // Chroma enlarged about 2x or more reads doubled rows: ~4 steps per group instead of ~7.
+        let enlarged = (p.width as f64) < 0.75 * out_w as f64;
+        let dup = if colour && p.block.0 == 2 && enlarged {
+            2
+        } else {
+            1
+        };
+        let horizontal = Groups::with_dup(&columns, dup);
+        assert!(
+            horizontal.reach.0 >= -(PAD as isize),
+            "groups reach left of the padding"
+        );
+        let ring_rows = vertical.ring_rows(band_rows, bands);
+        PlanePass {
+            plane_len: horizontal.plane_len(p.width),
+            vertical_identity: p.height == out_h && vertical.ksize == 1,
+            vertical,
+            horizontal,
+            ring_rows,
+        }
+    };
+    src.planes.iter().take(2).map(plan).collect()
+}
+
+/// `dst[j] = src[j] as f32 - offset` (exact for the offsets used: 0, and 128 for chroma).
+fn widen(src: &[u8], dst: &mut [f32], offset: f32, isa: Isa) {
     assert_eq!(dst.len(), src.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 present; the lengths match (asserted).
-        Isa::Avx2 => unsafe { x86::widen(src, dst) },
+        Isa::Avx2 => unsafe { x86::widen(src, dst, offset) },
         Isa::Portable => {
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = v as f32;
+                *d = v as f32 - offset;
             }
         }
     }
@@ -321,7 +408,8 @@ fn horizontal_grey(
 }
 
 /// libjpeg's JFIF YCbCr -> RGB coefficients (`jdcolor.c`): R = Y + 1.402 Cr', G = Y - 0.34414 Cb' -
-/// 0.71414 Cr', B = Y + 1.772 Cb', with Cb' = Cb - 128 and Cr' = Cr - 128.
+/// 0.71414 Cr', B = Y + 1.772 Cb', with Cb' = Cb - 128 and Cr' = Cr - 128 (the chroma planes are
+/// widened with the offset already taken off).
 const CR_R: f32 = 1.402;
 const CB_G: f32 = -0.34414;
 const CR_G: f32 = -0.71414;
@@ -353,7 +441,7 @@ fn horizontal_ycc(
                     let cb = group_sum(src[4 + r], chroma, g);
                     let cr = group_sum(src[8 + r], chroma, g);
                     for l in 0..LANES {
-                        let (cb, cr) = (cb[l] - 128.0, cr[l] - 128.0);
+                        let (cb, cr) = (cb[l], cr[l]);
                         let rgb = [
                             y[l] + CR_R * cr,
                             y[l] + CB_G * cb + CR_G * cr,
@@ -404,19 +492,20 @@ mod x86 {
     /// # Safety
     /// AVX2 present; `dst.len() == src.len()`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn widen(src: &[u8], dst: &mut [f32]) {
+    pub(super) unsafe fn widen(src: &[u8], dst: &mut [f32], offset: f32) {
+        let off = _mm256_set1_ps(offset);
         let mut j = 0;
         while j + 8 <= src.len() {
             // SAFETY: bytes `j .. j + 8` of `src` and floats `j .. j + 8` of `dst` exist.
             unsafe {
                 let bytes = _mm_loadl_epi64(src.as_ptr().add(j) as *const __m128i);
-                let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                let v = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), off);
                 _mm256_storeu_ps(dst.as_mut_ptr().add(j), v);
             }
             j += 8;
         }
         for (d, &v) in dst[j..].iter_mut().zip(&src[j..]) {
-            *d = v as f32;
+            *d = v as f32 - offset;
         }
     }
 
@@ -469,7 +558,6 @@ mod x86 {
         let chroma_rows: [*const f32; 8] = std::array::from_fn(|r| rows[4 + r]);
         let (out_plane, stride) = (out.plane, out.stride);
         let (scales, biases, dst) = band_constants(out);
-        let half = _mm256_set1_ps(128.0);
         let [cr_r, cb_g, cr_g, cb_b] = [CR_R, CB_G, CR_G, CB_B].map(|c| _mm256_set1_ps(c));
         for g in 0..luma.len() {
             // Y of 4 rows, then Cb and Cr of the same rows (8 chains): independent loops the core
@@ -482,7 +570,7 @@ mod x86 {
                 )
             };
             for r in 0..n {
-                let (cb, cr) = (_mm256_sub_ps(c[r], half), _mm256_sub_ps(c[4 + r], half));
+                let (cb, cr) = (c[r], c[4 + r]);
                 let rgb = [
                     _mm256_fmadd_ps(cr, cr_r, y[r]),
                     _mm256_fmadd_ps(cr, cr_g, _mm256_fmadd_ps(cb, cb_g, y[r])),
@@ -656,5 +744,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cached_plans_give_the_output_of_fresh_ones() {
+        let cfg = ImageConfig::clip();
+        let image = |w: usize, h: usize, seed: u32| JpegPlanes {
+            width: w,
+            height: h,
+            planes: vec![
+                noise_plane(w, h, seed, (1, 1)),
+                noise_plane(w.div_ceil(2), h.div_ceil(2), seed + 1, (2, 2)),
+                noise_plane(w.div_ceil(2), h.div_ceil(2), seed + 2, (2, 2)),
+            ],
+        };
+        let (a, b) = (image(203, 141, 41), image(141, 203, 42));
+        let run =
+            |src: &JpegPlanes| planes_patchify_with(src, 140, 196, &cfg, Isa::detect()).unwrap();
+        let first = run(&a);
+        // A different geometry to the same output size, then `a` again, now from the cache.
+        let other = run(&b);
+        assert_eq!(run(&a), first);
+        assert_ne!(other.pixel_values, first.pixel_values);
+        // More geometries than the cache keeps: `a`'s plan is dropped, and rebuilt the same.
+        for k in 0..PLANS_KEPT {
+            run(&image(150 + k, 141, 50));
+        }
+        let key = PlanKey::new(&a, 140, 196, cfg.merge_size * cfg.patch_size);
+        assert!(PLANS.with(|c| c.borrow().entries.iter().all(|(k, _)| *k != key)));
+        assert_eq!(run(&a), first);
     }
 }
