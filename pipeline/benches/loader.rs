@@ -111,9 +111,15 @@ fn main() {
     cfg.workers = 2;
     cfg.dataset.epochs = Some(epochs);
     let in_flight = 4 * cfg.workers;
-    let max_sample = cfg.image.max_pixels / 196 * patch_dim(&cfg.image) * 4;
+    // Buffered samples hold one frame (patch_dim / T values per patch); batches hold all T.
+    let (row, frame) = (
+        patch_dim(&cfg.image) * 4,
+        patch_dim(&cfg.image) / cfg.image.temporal_patch_size * 4,
+    );
+    let max_sample = cfg.image.max_pixels / 196 * frame;
     let bound = (cfg.pack.buffer_size + in_flight + 1) * max_sample // packer buffer + in flight
-        + (cfg.batch_queue + 2 * (ASSEMBLING_BATCHES + 1)) * cfg.pack.max_patches * patch_dim(&cfg.image) * 4 // finished and assembling batches
+        + cfg.batch_queue * cfg.pack.max_patches * row // finished batches
+        + (ASSEMBLING_BATCHES + 1) * cfg.pack.max_patches * (row + frame) // batches being assembled: samples and buffer
         + (cfg.dataset.shuffle_window + cfg.dataset.read_ahead) * (summary.image_bytes as usize / (4 * 6)); // row groups
     let base = rss_bytes();
     let mut loader = Loader::start(cfg.clone(), None).unwrap();
