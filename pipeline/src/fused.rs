@@ -186,6 +186,12 @@ impl Taps {
         taps
     }
 
+    /// Heap bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.start.len() + self.len.len()) * size_of::<usize>()
+            + self.weights.len() * size_of::<f32>()
+    }
+
     fn weights(&self, i: usize) -> &[f32] {
         &self.weights[i * self.ksize..i * self.ksize + self.len[i]]
     }
@@ -299,6 +305,12 @@ impl Groups {
 
     fn len(&self) -> usize {
         self.base.len()
+    }
+
+    /// Heap bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.base.len() + self.steps.len() + self.offset.len()) * size_of::<usize>()
+            + self.weights.len() * size_of::<f32>()
     }
 
     #[cfg(test)]

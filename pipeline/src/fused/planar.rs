@@ -249,8 +249,11 @@ struct PlanCache {
     entries: Vec<(PlanKey, Rc<Vec<PlanePass>>)>,
 }
 
-/// Plans kept per thread: few enough that a lookup is a short scan.
+/// Plans kept per thread: few enough that a lookup is a short scan...
 const PLANS_KEPT: usize = 16;
+/// ...and at most this many bytes of them (a 512x512 photo's plan is 58 kB; one for a 48 MP image
+/// shrunk to 12.8 MP 0.64 MB), so that the cache adds little to a worker's memory.
+const PLAN_BYTES_KEPT: usize = 4 << 20;
 
 impl PlanCache {
     fn get_or_insert_with(
@@ -262,10 +265,28 @@ impl PlanCache {
             let entry = self.entries.remove(i);
             self.entries.insert(0, entry);
         } else {
-            self.entries.truncate(PLANS_KEPT - 1);
             self.entries.insert(0, (key, Rc::new(build())));
+            // Drop the least recently used plans past either limit (the new one always stays).
+            let mut bytes = 0;
+            let keep = self
+                .entries
+                .iter()
+                .take(PLANS_KEPT)
+                .take_while(|(_, plan)| {
+                    bytes += plan.iter().map(PlanePass::bytes).sum::<usize>();
+                    bytes <= PLAN_BYTES_KEPT
+                })
+                .count();
+            self.entries.truncate(keep.max(1));
         }
         self.entries[0].1.clone()
+    }
+}
+
+impl PlanePass {
+    /// Heap bytes held, roughly (the weights dominate).
+    fn bytes(&self) -> usize {
+        self.vertical.bytes() + self.horizontal.bytes()
     }
 }
 
@@ -773,5 +794,48 @@ mod tests {
         let key = PlanKey::new(&a, 140, 196, cfg.merge_size * cfg.patch_size);
         assert!(PLANS.with(|c| c.borrow().entries.iter().all(|(k, _)| *k != key)));
         assert_eq!(run(&a), first);
+    }
+
+    #[test]
+    fn the_plan_cache_stays_within_its_byte_limit() {
+        // Geometry only: planning never reads the samples.
+        let geometry = |w: usize, h: usize| JpegPlanes {
+            width: w,
+            height: h,
+            planes: [(w, h, (1, 1)), (w.div_ceil(2), h.div_ceil(2), (2, 2))]
+                .iter()
+                .chain([(w.div_ceil(2), h.div_ceil(2), (2, 2))].iter())
+                .map(|&(width, height, block)| Plane {
+                    data: Vec::new(),
+                    width,
+                    height,
+                    stride: width,
+                    block,
+                    pad: (0, 0),
+                    fancy: block == (2, 2),
+                })
+                .collect(),
+        };
+        let bytes = |plan: &[PlanePass]| plan.iter().map(PlanePass::bytes).sum::<usize>();
+        let photo = bytes(&plan_passes(&geometry(512, 512), 504, 504, 28, 18));
+        // 48 MP shrunk to about 12.8 MP (Qwen2-VL's default max_pixels).
+        let huge = bytes(&plan_passes(&geometry(8000, 6000), 3080, 4116, 28, 110));
+        eprintln!("plan bytes: 512x512 photo {photo}, 8000x6000 -> 4116x3080 {huge}");
+        assert!(photo < 100_000 && huge < PLAN_BYTES_KEPT);
+        let mut cache = PlanCache {
+            entries: Vec::new(),
+        };
+        for k in 0..8 {
+            let src = geometry(8000 + k, 6000);
+            let key = PlanKey::new(&src, 3080, 4116, 28);
+            cache.get_or_insert_with(key, || plan_passes(&src, 3080, 4116, 28, 110));
+            let held: usize = cache.entries.iter().map(|(_, p)| bytes(p)).sum();
+            assert!(
+                held <= PLAN_BYTES_KEPT,
+                "{held} bytes in {} plans",
+                cache.entries.len()
+            );
+        }
+        assert!(cache.entries.len() < 8);
     }
 }
