@@ -67,7 +67,6 @@ pub(crate) fn planes_patchify_with(
     }
     let band_rows = cfg.merge_size * cfg.patch_size;
     let out_stride = out_w.next_multiple_of(LANES);
-    let bands = grid_h / cfg.merge_size;
     let colour = src.planes.len() == 3;
     if colour {
         let (cb, cr) = (&src.planes[1], &src.planes[2]);
@@ -82,7 +81,7 @@ pub(crate) fn planes_patchify_with(
         let key = PlanKey::new(src, out_h, out_w, band_rows);
         cache
             .borrow_mut()
-            .get_or_insert_with(key, || plan_passes(src, out_h, out_w, band_rows, bands))
+            .get_or_insert_with(key, || plan_passes(src, out_h, out_w, band_rows))
     });
     let passes: Vec<&PlanePass> = (0..src.planes.len()).map(|i| &plans[i.min(1)]).collect();
     let (scale, bias) = normalise_affine(cfg);
@@ -104,23 +103,21 @@ pub(crate) fn planes_patchify_with(
         rows.resize(PLANE_CHUNK * widest, 0.0);
         doubled.resize(8 * 2 * widest, 0.0);
         let mut widened = vec![0usize; passes.len()];
-        // Chroma is widened as Cb - 128 and Cr - 128, the form the colour conversion takes: the taps
-        // sum to one, so the offset passes through both resampling passes unchanged.
-        let offset: Vec<f32> = (0..passes.len())
-            .map(|i| if i > 0 { 128.0 } else { 0.0 })
-            .collect();
         let mut offsets = Vec::new();
         patches_from_bands(grid_h, grid_w, out_stride, cfg, band, |bh, band| {
             let first = bh * band_rows;
             for (i, (plane, pass)) in src.planes.iter().zip(&passes).enumerate() {
                 let (ring, stride) = (&mut rings[i], pass.plane_len);
+                // Chroma is widened as Cb - 128 and Cr - 128, the form the colour conversion takes:
+                // the taps sum to one, so the offset passes through both resampling passes unchanged.
+                let offset = if i > 0 { 128.0 } else { 0.0 };
                 let (lo, hi) = pass.vertical.source_range(first, first + band_rows);
                 for y in widened[i].max(lo)..hi {
                     let dst = &mut ring[(y % pass.ring_rows) * stride..][PAD..PAD + plane.width];
                     widen(
                         &plane.data[y * plane.stride..][..plane.width],
                         dst,
-                        offset[i],
+                        offset,
                         isa,
                     );
                 }
@@ -295,13 +292,8 @@ thread_local! {
 }
 
 /// One [`PlanePass`] for the luma (or grey) plane and, for colour, one that serves Cb and Cr.
-fn plan_passes(
-    src: &JpegPlanes,
-    out_h: usize,
-    out_w: usize,
-    band_rows: usize,
-    bands: usize,
-) -> Vec<PlanePass> {
+fn plan_passes(src: &JpegPlanes, out_h: usize, out_w: usize, band_rows: usize) -> Vec<PlanePass> {
+    let bands = out_h / band_rows;
     // The RGB path's taps over the image's pixels; each plane's are derived from them.
     let rows_taps = Taps::bicubic(src.height, out_h);
     let columns_taps = Taps::bicubic(src.width, out_w);
@@ -817,9 +809,9 @@ mod tests {
                 .collect(),
         };
         let bytes = |plan: &[PlanePass]| plan.iter().map(PlanePass::bytes).sum::<usize>();
-        let photo = bytes(&plan_passes(&geometry(512, 512), 504, 504, 28, 18));
+        let photo = bytes(&plan_passes(&geometry(512, 512), 504, 504, 28));
         // 48 MP shrunk to about 12.8 MP (Qwen2-VL's default max_pixels).
-        let huge = bytes(&plan_passes(&geometry(8000, 6000), 3080, 4116, 28, 110));
+        let huge = bytes(&plan_passes(&geometry(8000, 6000), 3080, 4116, 28));
         eprintln!("plan bytes: 512x512 photo {photo}, 8000x6000 -> 4116x3080 {huge}");
         assert!(photo < 100_000 && huge < PLAN_BYTES_KEPT);
         let mut cache = PlanCache {
@@ -828,7 +820,7 @@ mod tests {
         for k in 0..8 {
             let src = geometry(8000 + k, 6000);
             let key = PlanKey::new(&src, 3080, 4116, 28);
-            cache.get_or_insert_with(key, || plan_passes(&src, 3080, 4116, 28, 110));
+            cache.get_or_insert_with(key, || plan_passes(&src, 3080, 4116, 28));
             let held: usize = cache.entries.iter().map(|(_, p)| bytes(p)).sum();
             assert!(
                 held <= PLAN_BYTES_KEPT,
